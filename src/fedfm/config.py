@@ -1,0 +1,210 @@
+"""Typed configuration: TOML file -> pydantic models -> `--set a.b=c` overrides.
+
+Each stage (model, adapter, data, partition, client, strategy, eval, backend) gets its own
+sub-model with `extra="forbid"`, so an unknown key or a bad value fails once, with one line
+naming the key and the allowed values (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedfm.errors import ConfigError
+
+ModelName = Literal["minilm", "tiny-bert"]
+AdapterMethod = Literal["lora", "prompt", "head", "full"]
+DatasetName = Literal["rotten_tomatoes", "debates", "synthetic"]
+PartitionName = Literal["iid", "dirichlet", "shards", "quantity", "natural"]
+OptimizerName = Literal["adamw", "sgd"]
+StrategyName = Literal["fedavg"]
+BackendName = Literal["inprocess"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which foundation model to start from."""
+
+    name: ModelName = "minilm"
+    max_length: int = Field(64, ge=8, le=512)
+
+
+class AdapterConfig(_Section):
+    """What is trainable (and therefore what travels)."""
+
+    method: AdapterMethod = "lora"
+    r: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    num_virtual_tokens: int = Field(16, ge=1, le=256)
+
+
+class DataConfig(_Section):
+    """The dataset and its held-out splits."""
+
+    dataset: DatasetName = "rotten_tomatoes"
+    test_size: int = Field(1000, ge=10)
+    client_test_fraction: float = Field(0.2, ge=0, lt=1)
+    max_examples: int | None = Field(None, ge=20)
+
+
+class PartitionConfig(_Section):
+    """How the training pool is split into clients."""
+
+    name: PartitionName = "natural"
+    num_clients: int = Field(50, ge=1)
+    column: str | None = None
+    alpha: float = Field(0.5, gt=0)
+    min_size: int = Field(10, ge=1)
+    shards_per_client: int = Field(2, ge=1)
+    quantity_sigma: float = Field(1.0, gt=0)
+
+
+class ClientConfig(_Section):
+    """Local training on each client."""
+
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-3, gt=0)
+    optimizer: OptimizerName = "adamw"
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class StrategyConfig(_Section):
+    """Who trains each round and how their updates become the next global state."""
+
+    name: StrategyName = "fedavg"
+    fraction: float | None = Field(None, gt=0, le=1)
+    clients_per_round: int | None = Field(10, ge=1)
+    min_clients: int = Field(1, ge=1)
+    min_success_fraction: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_sampling_rule(self) -> StrategyConfig:
+        if self.fraction is None and self.clients_per_round is None:
+            raise ValueError("set strategy.fraction or strategy.clients_per_round")
+        return self
+
+
+class EvalConfig(_Section):
+    """Central evaluation of the global state."""
+
+    every: int = Field(1, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+class BackendConfig(_Section):
+    """Where client work runs."""
+
+    name: BackendName = "inprocess"
+    threads: int | None = Field(None, ge=1)
+
+
+class Config(_Section):
+    """A whole experiment."""
+
+    seed: int = 0
+    rounds: int = Field(10, ge=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML file (or the defaults), apply `key=value` overrides, validate.
+
+    Args:
+        path: a TOML file; `None` starts from the defaults.
+        overrides: strings like `"partition.alpha=0.1"`; values are parsed as TOML
+            literals when they parse (numbers, booleans, arrays), else taken as strings.
+
+    Returns:
+        The validated `Config`.
+
+    Raises:
+        ConfigError: unreadable file, malformed override, unknown key or bad value.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a plain dict into a `Config`, turning pydantic errors into one line."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The config as TOML-ish JSON text (JSON is what checkpoints store)."""
+    return json.dumps(cfg.model_dump(), indent=2)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. partition.alpha=0.1), got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        section = _section_for(err["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else ""
+        return f"{loc}: unknown key (allowed: {allowed})"
+    got = err.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{loc}: {err['msg']}{got_text}{more}"
+
+
+def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type):
+            return None
+        if not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model
