@@ -41,7 +41,7 @@ class AdapterConfig(_Section):
 
     method: AdapterMethod = "lora"
     r: int = Field(8, ge=1, le=256)
-    alpha: float = Field(16.0, gt=0)
+    alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
     num_virtual_tokens: int = Field(16, ge=1, le=256)
@@ -97,10 +97,18 @@ class StrategyConfig(_Section):
         return self
 
 
+class PipelineConfig(_Section):
+    """The client-side update pipeline (order matters; invalid orders are refused)."""
+
+    transforms: list[Literal["clip", "fp16"]] = Field(default_factory=list)
+    clip_norm: float = Field(1.0, gt=0)
+
+
 class EvalConfig(_Section):
     """Central evaluation of the global state."""
 
     every: int = Field(1, ge=1)
+    federated_every: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=1)
 
 
@@ -122,6 +130,7 @@ class Config(_Section):
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
 
@@ -149,7 +158,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     for item in overrides or []:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     return config_from_dict(raw)
 
 
@@ -166,7 +175,12 @@ def dump_config(cfg: Config) -> str:
     return json.dumps(cfg.model_dump(), indent=2)
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `raw[a][b] = value` from `"a.b=value"` (value parsed as a TOML literal if it can be).
+
+    Raises:
+        ConfigError: the item has no `=`, or walks through a value as if it were a section.
+    """
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:

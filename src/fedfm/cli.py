@@ -1,0 +1,103 @@
+"""The `fedfm` command: run, models, datasets, show-config, report, compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fedfm.errors import FedFMError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="TOML config file")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override, e.g. --set partition.alpha=0.1")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
+) -> None:
+    """Run a federated fine-tuning job (or resume one)."""
+    from fedfm import experiment
+    from fedfm.config import load_config
+    from fedfm.metrics import MetricsLog, print_summary
+    from fedfm.progress import RichProgress
+
+    try:
+        if resume is not None:
+            if config is not None:
+                raise FedFMError("give either CONFIG or --resume RUN_DIR, not both")
+            cfg = experiment.stored_config(resume, set_)
+            run_dir = resume
+            start = _last_round(resume)
+        else:
+            cfg = load_config(config, set_)
+            run_dir = out or Path("runs") / "latest"
+            start = 0
+        console.print(
+            f"fedfm: {cfg.model.name} + {cfg.adapter.method} on {cfg.data.dataset}, "
+            f"{cfg.partition.num_clients} clients ({cfg.partition.name}), "
+            f"{cfg.strategy.name}, {cfg.rounds} rounds -> {run_dir}"
+        )
+        with RichProgress(cfg.rounds, start, console) as progress:
+            experiment.run(cfg, run_dir, resume=resume is not None, progress=progress)
+    except FedFMError as exc:
+        _fail(exc)
+    print_summary(MetricsLog(run_dir).records(), console)
+    console.print(f"metrics: {run_dir / 'metrics.jsonl'}")
+
+
+@app.command()
+def models() -> None:
+    """List the model catalogue."""
+    from fedfm.models.catalogue import MODELS
+
+    for spec in MODELS.values():
+        console.print(f"{spec.name:12s} {spec.description}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets."""
+    from fedfm.data.datasets import DATASETS
+
+    for spec in DATASETS.values():
+        console.print(f"{spec.name:16s} {spec.description} (natural: {spec.natural_column})")
+
+
+@app.command("show-config")
+def show_config(
+    config: Annotated[Path | None, typer.Argument(help="TOML config file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override key=value")] = None,
+) -> None:
+    """Print the fully resolved config (defaults filled in) as JSON."""
+    from fedfm.config import load_config
+
+    try:
+        cfg = load_config(config, set_)
+    except FedFMError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(cfg.model_dump()))
+
+
+def _last_round(run_dir: Path) -> int:
+    from fedfm.checkpoint import load_checkpoint
+
+    return load_checkpoint(run_dir).server_round
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

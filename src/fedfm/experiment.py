@@ -1,0 +1,138 @@
+"""Builds the pieces from a config and runs the round loop (fresh or resumed)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedfm.backends.inprocess import InProcessBackend
+from fedfm.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from fedfm.client.evaluate import evaluate
+from fedfm.config import Config, apply_override, config_from_dict
+from fedfm.data.datasets import load_dataset
+from fedfm.data.federated import FederatedData, federate
+from fedfm.errors import CheckpointError
+from fedfm.loop import Callback, LoopParts, Progress, SilentProgress, run_rounds
+from fedfm.metrics import MetricsLog
+from fedfm.models.adapters import make_trainable
+from fedfm.models.catalogue import build_model, load_tokenizer
+from fedfm.models.trainable import TrainableModel
+from fedfm.pipeline import build_pipeline
+from fedfm.state import State
+from fedfm.strategies.registry import build_strategy
+
+
+@dataclass
+class Experiment:
+    """The built pieces of a run."""
+
+    cfg: Config
+    data: FederatedData
+    model: TrainableModel
+    parts: LoopParts
+    initial_state: State
+
+
+def build(
+    cfg: Config,
+    run_dir: Path,
+    callbacks: list[Callback] | None = None,
+    progress: Progress | None = None,
+) -> Experiment:
+    """Build data, model, strategy, pipeline and backend from `cfg`.
+
+    The model is initialised from `cfg.seed`, so two builds give the same initial state.
+    """
+    if cfg.backend.threads is not None:
+        torch.set_num_threads(cfg.backend.threads)
+    tokenizer = load_tokenizer()
+    dataset = load_dataset(
+        cfg.data.dataset, tokenizer, cfg.model.max_length, cfg.data.max_examples, cfg.seed
+    )
+    data = federate(dataset, cfg.data, cfg.partition, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    module = make_trainable(build_model(cfg.model.name, dataset.num_classes), cfg.adapter)
+    model = TrainableModel(module)
+    pipeline = build_pipeline(cfg.pipeline.transforms, cfg.pipeline.clip_norm, cfg.seed)
+    backend = InProcessBackend(model, data, cfg.client, pipeline, cfg.seed, cfg.eval.batch_size)
+    strategy = build_strategy(cfg.strategy)
+
+    def central_eval(state: State) -> dict[str, float]:
+        model.set_state(state)
+        return evaluate(model, dataset, data.central_test, cfg.eval.batch_size)
+
+    def checkpoint(server_round: int, state: State, record: dict[str, Any]) -> None:
+        meta = {"config": cfg.model_dump(), "seed": cfg.seed, "record": record}
+        save_checkpoint(run_dir, server_round, state, strategy.state_dict(), meta)
+
+    parts = LoopParts(
+        strategy=strategy,
+        backend=backend,
+        pipeline=pipeline,
+        client_ids=data.client_ids,
+        central_eval=central_eval,
+        checkpoint=checkpoint,
+        seed=cfg.seed,
+        num_rounds=cfg.rounds,
+        eval_every=cfg.eval.every,
+        federated_eval_every=cfg.eval.federated_every,
+        min_success_fraction=cfg.strategy.min_success_fraction,
+        callbacks=list(callbacks or []),
+        progress=progress or SilentProgress(),
+    )
+    return Experiment(cfg, data, model, parts, model.get_state())
+
+
+def run(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool = False,
+    callbacks: list[Callback] | None = None,
+    progress: Progress | None = None,
+) -> State:
+    """Run (or resume) an experiment in `run_dir`; returns the final global state.
+
+    Args:
+        cfg: the config (on resume: the stored config, possibly with overrides applied).
+        run_dir: where metrics, checkpoints and the config go.
+        resume: continue from the last checkpoint in `run_dir`.
+        callbacks: extra callbacks after the metrics log (e.g. TensorBoard).
+        progress: progress display.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(run_dir)
+    exp = build(cfg, run_dir, [log, *(callbacks or [])], progress)
+    state, start = exp.initial_state, 0
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        if ckpt.global_state.keys() != state.keys():
+            raise CheckpointError(f"checkpoint in {run_dir} does not match the model's state")
+        exp.parts.strategy.load_state_dict(ckpt.strategy_state)
+        state, start = ckpt.global_state, ckpt.server_round
+        log.restore(start, ckpt.meta.get("record"))
+    else:
+        if log.path.exists():
+            log.path.unlink()
+    atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.model_dump(), indent=2).encode())
+    t = time.perf_counter()
+    final = run_rounds(exp.parts, state, start)
+    exp.parts.backend.close()
+    summary = {"seconds_total": time.perf_counter() - t, "rounds_run": cfg.rounds - start}
+    atomic_write_bytes(run_dir / "run_info.json", json.dumps(summary).encode())
+    return final
+
+
+def stored_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
+    """The config a run was started with, plus `key=value` overrides (for resume)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"nothing to resume in {run_dir}: no config.json")
+    raw = json.loads(path.read_text())
+    for item in overrides or []:
+        apply_override(raw, item)
+    return config_from_dict(raw)

@@ -1,0 +1,49 @@
+"""`TrainableModel`: one model in memory whose trainable State is swapped in and out."""
+
+from __future__ import annotations
+
+import torch
+
+from fedfm.state import State
+
+
+class TrainableModel:
+    """Holds a module and handles to its trainable parameters.
+
+    Trainable parameters are found by `requires_grad`, so LoRA, prompts, a head or the full
+    model need no special case. `set_state` copies in place: memory does not grow with the
+    number of clients that pass through.
+
+    Args:
+        module: the (PEFT-wrapped) classifier.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.params: dict[str, torch.nn.Parameter] = {
+            n: p for n, p in module.named_parameters() if p.requires_grad
+        }
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+
+    def get_state(self) -> State:
+        """A detached copy of the trainable parameters."""
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def set_state(self, state: State) -> None:
+        """Copy `state` into the trainable parameters (names and shapes must match)."""
+        if state.keys() != self.params.keys():
+            missing = sorted(set(self.params) - set(state))[:3]
+            raise KeyError(f"state does not match the trainable parameters (missing {missing})")
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(state[name])
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Forward pass: [batch, seq] ids and mask -> [batch, num_labels] logits."""
+        out = self.module(input_ids=input_ids, attention_mask=attention_mask)
+        return out.logits
+
+    def num_total_params(self) -> int:
+        """All parameters of the module, trainable or not (PEFT's frozen copies included)."""
+        return sum(p.numel() for p in self.module.parameters())
