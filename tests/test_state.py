@@ -42,6 +42,11 @@ def test_untrusted_payloads_are_checked(mutate, match):
         from_bytes(to_bytes(mutate(state)), like=state)
 
 
+def test_roundtrip_without_reference_keeps_the_sender_order():
+    state = {"z": torch.zeros(1), "a": torch.ones(2), "m": torch.ones(3)}
+    assert list(from_bytes(to_bytes(state))) == ["z", "a", "m"]
+
+
 def test_garbage_and_oversize_are_rejected():
     with pytest.raises(TransportError, match="not valid safetensors"):
         from_bytes(b"\x00" * 64)

@@ -93,6 +93,33 @@ def show_config(
     console.print_json(json.dumps(cfg.model_dump()))
 
 
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Write RUN_DIR/report/report.html (self-contained, plots embedded) and PNGs."""
+    from fedfm.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except FedFMError as exc:
+        _fail(exc)
+    console.print(f"report: {path}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="two or more run directories")],
+    out: Annotated[Path, typer.Option(help="HTML file to write")] = Path("compare.html"),
+) -> None:
+    """Overlay the curves of several runs in one HTML file, with a table of final figures."""
+    from fedfm.report import write_compare
+
+    try:
+        path = write_compare(run_dirs, out)
+    except FedFMError as exc:
+        _fail(exc)
+    console.print(f"comparison: {path}")
+
+
 def _last_round(run_dir: Path) -> int:
     from fedfm.checkpoint import load_checkpoint
 

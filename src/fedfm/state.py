@@ -8,6 +8,7 @@ expected names, shapes and dtypes, and checked to be finite, before anyone uses 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import torch
@@ -98,12 +99,24 @@ def from_bytes(
                 )
         order = list(like)
     else:
-        order = list(raw)
+        order = _sender_order(data, raw)
     for k in order:
         t = raw[k]
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise TransportError(f"payload tensor {k!r} holds NaN or infinite values")
     return {k: raw[k] for k in order}
+
+
+def _sender_order(data: bytes, raw: Mapping[str, torch.Tensor]) -> list[str]:
+    """Key order from the `order` metadata `to_bytes` writes (safetensors sorts keys)."""
+    # Header layout: 8-byte little-endian length, then a JSON object with "__metadata__".
+    size = int.from_bytes(data[:8], "little")
+    try:
+        meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        meta = {}
+    order = str(meta.get("order", "")).split(",") if meta.get("order") else []
+    return order if sorted(order) == sorted(raw) else list(raw)
 
 
 def _check_same_keys(

@@ -1,0 +1,39 @@
+"""The few final figures of a run that a report leads with and a comparison tabulates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedfm.report.metrics_io import Record, has_numbers, series
+
+
+def _total(records: Sequence[Record], key: str) -> float | None:
+    """Sum of `key` over the rounds that record it, or `None` when no round does."""
+    return float(np.nansum(series(records, key)[1])) if has_numbers(records, key) else None
+
+
+def headline(records: Sequence[Record]) -> dict[str, float | int | None]:
+    """Final figures of a run; a figure is `None` when the run never recorded it.
+
+    Args:
+        records: the run's metrics records, sorted by round, at least one.
+
+    Returns:
+        `final_accuracy` (the last evaluated round's), `best_accuracy` and `best_round`,
+        `rounds` (the last round), `bytes_up`, `bytes_down` and `seconds` (totals over rounds).
+    """
+    rounds, acc = series(records, "accuracy")
+    finite = np.isfinite(acc)
+    rounds, acc = rounds[finite], acc[finite]
+    best = int(np.argmax(acc)) if len(acc) else None
+    return {
+        "final_accuracy": float(acc[-1]) if len(acc) else None,
+        "best_accuracy": float(acc[best]) if best is not None else None,
+        "best_round": int(rounds[best]) if best is not None else None,
+        "rounds": int(records[-1]["round"]),
+        "bytes_up": _total(records, "bytes_up"),
+        "bytes_down": _total(records, "bytes_down"),
+        "seconds": _total(records, "seconds"),
+    }
