@@ -70,5 +70,5 @@ def test_prompt_tuning_trains_and_changes_only_prompt_and_head():
 
 
 def test_unknown_lora_target_lists_the_linear_modules():
-    with pytest.raises(ConfigError, match="adapter.target_modules.*linear modules: .*query"):
+    with pytest.raises(ConfigError, match=r"adapter\.target_modules.*linear modules: .*query"):
         make_trainable(build_model("tiny-bert", 2), AdapterConfig(target_modules=["qkv"]))

@@ -46,10 +46,12 @@ def load_tokenizer() -> PreTrainedTokenizerBase:
 def _build_minilm(num_labels: int) -> MeanPoolClassifier:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report lists the untrained head: expected
+    hf_logging.disable_progress_bar()
     try:
         model = MeanPoolClassifier.from_pretrained(str(minilm_path()), num_labels=num_labels)
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     return model
 
 
