@@ -45,7 +45,9 @@ def bare_loop(exp, rounds: int, clients: int, steps: int, seed: int) -> tuple[di
                     p.copy_(glob[k])
             crng = np.random.default_rng([seed, r, c])
             torch.manual_seed(int(crng.integers(2**62)))
-            opt = torch.optim.AdamW(list(params.values()), lr=cfg.client.lr)
+            opt = torch.optim.AdamW(
+                list(params.values()), lr=cfg.client.lr, weight_decay=cfg.client.weight_decay
+            )
             model.module.train()
             train = data.clients[c].train
             for i, batch in enumerate(
@@ -64,7 +66,8 @@ def bare_loop(exp, rounds: int, clients: int, steps: int, seed: int) -> tuple[di
             weights.append(len(train))
         total = sum(weights)
         glob = {
-            k: v + sum(d[k].double() * (w / total) for d, w in zip(deltas, weights)).float()
+            k: v
+            + sum(d[k].double() * (w / total) for d, w in zip(deltas, weights, strict=True)).float()
             for k, v in glob.items()
         }
     # central evaluation of the final state, as fedfm does after the last round
@@ -105,7 +108,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             exp = build(cfg, Path(tmp))
             t = time.perf_counter()
-            ref, acc_a = bare_loop(exp, args.rounds, args.clients, args.steps, cfg.seed)
+            ref, _accuracy = bare_loop(exp, args.rounds, args.clients, args.steps, cfg.seed)
             times_a.append(time.perf_counter() - t)
             exp = build(cfg, Path(tmp))
             t = time.perf_counter()
@@ -116,13 +119,11 @@ def main() -> None:
             f"repeat {rep + 1}: bare {times_a[-1]:.2f} s, fedfm {times_b[-1]:.2f} s, "
             f"ratio {times_b[-1] / times_a[-1]:.3f}"
         )
-    ratios = [b / a for a, b in zip(times_a, times_b)]
-    print(
-        f"bare loop median {statistics.median(times_a):.2f} s; fedfm median {statistics.median(times_b):.2f} s"
-    )
-    print(
-        f"overhead ratio fedfm/bare (median of {args.repeats} paired repeats): {statistics.median(ratios):.3f}"
-    )
+    ratios = [b / a for a, b in zip(times_a, times_b, strict=True)]
+    med_a, med_b = statistics.median(times_a), statistics.median(times_b)
+    print(f"bare loop median {med_a:.2f} s; fedfm median {med_b:.2f} s")
+    ratio = statistics.median(ratios)
+    print(f"overhead ratio fedfm/bare (median of {args.repeats} paired repeats): {ratio:.3f}")
     print(f"max |fedfm - bare| over final trainable state: {max_diff:.3g}")
 
 

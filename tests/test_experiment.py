@@ -101,3 +101,24 @@ def test_training_improves_on_the_synthetic_task(tiny_cfg, tmp_path):
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["accuracy"] > 0.8
     assert records[-1]["loss"] < records[0]["loss"]
+
+
+def test_federated_eval_personalisation_summary_and_report(tiny_cfg, tmp_path):
+    # Prepare
+    from fedfm.config import load_config
+    from fedfm.report import write_report
+    from tests.conftest import TINY
+
+    cfg = load_config(None, [*TINY, "eval.federated_every=2", "eval.personalize_steps=2"])
+    # Execute
+    experiment.run(cfg, tmp_path)
+    # Assert
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "client_accuracy" not in records[0]
+    assert set(records[1]["client_accuracy"]) == {str(c) for c in range(6)}
+    assert "client_accuracy" in records[2]  # the last round always evaluates
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["personalized_accuracy"]) == {str(c) for c in range(6)}
+    assert summary["final_accuracy"] == records[-1]["accuracy"]
+    html = write_report(tmp_path).read_text()
+    assert "personalized" in html and "data:image/png;base64" in html

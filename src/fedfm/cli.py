@@ -94,12 +94,17 @@ def show_config(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    local_only: Annotated[
+        Path | None, typer.Option(help="a local-only baseline run of the same split")
+    ] = None,
+) -> None:
     """Write RUN_DIR/report/report.html (self-contained, plots embedded) and PNGs."""
     from fedfm.report import write_report
 
     try:
-        path = write_report(run_dir)
+        path = write_report(run_dir, local_only)
     except FedFMError as exc:
         _fail(exc)
     console.print(f"report: {path}")

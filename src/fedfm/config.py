@@ -110,6 +110,13 @@ class EvalConfig(_Section):
     every: int = Field(1, ge=1)
     federated_every: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=1)
+    personalize_steps: int = Field(0, ge=0)
+
+
+class LoggingConfig(_Section):
+    """Optional integrations."""
+
+    tensorboard: bool = False
 
 
 class BackendConfig(_Section):
@@ -133,6 +140,7 @@ class Config(_Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -80,7 +80,9 @@ def build(
         seed=cfg.seed,
         num_rounds=cfg.rounds,
         eval_every=cfg.eval.every,
-        federated_eval_every=cfg.eval.federated_every,
+        # the personalisation baseline needs the global model's per-client accuracy beside it
+        federated_eval_every=cfg.eval.federated_every
+        or (cfg.rounds if cfg.eval.personalize_steps else None),
         min_success_fraction=cfg.strategy.min_success_fraction,
         callbacks=list(callbacks or []),
         progress=progress or SilentProgress(),
@@ -119,12 +121,45 @@ def run(
         if log.path.exists():
             log.path.unlink()
     atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.model_dump(), indent=2).encode())
+    tensorboard = None
+    if cfg.logging.tensorboard:
+        from fedfm.report.tensorboard import TensorBoardCallback
+
+        tensorboard = TensorBoardCallback(run_dir / "tensorboard")
+        exp.parts.callbacks.append(tensorboard)
     t = time.perf_counter()
-    final = run_rounds(exp.parts, state, start)
+    try:
+        final = run_rounds(exp.parts, state, start)
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+    summary = _summary(exp, final, log.records())
+    summary["seconds_rounds_this_process"] = time.perf_counter() - t
+    atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=1).encode())
     exp.parts.backend.close()
-    summary = {"seconds_total": time.perf_counter() - t, "rounds_run": cfg.rounds - start}
-    atomic_write_bytes(run_dir / "run_info.json", json.dumps(summary).encode())
     return final
+
+
+def _summary(exp: Experiment, final: State, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final figures: last central accuracy, totals, and the personalisation baseline."""
+    cfg = exp.cfg
+    last = records[-1] if records else {}
+    summary: dict[str, Any] = {
+        "final_accuracy": last.get("accuracy"),
+        "final_loss": last.get("loss"),
+        "rounds": last.get("round"),
+        "bytes_up_total": sum(r.get("bytes_up", 0) for r in records),
+        "bytes_down_total": sum(r.get("bytes_down", 0) for r in records),
+    }
+    if cfg.eval.personalize_steps > 0:
+        backend = exp.parts.backend
+        per_client = backend.personalize_clients(
+            final, exp.data.client_ids, cfg.eval.personalize_steps, cfg.rounds + 1
+        )
+        summary["personalized_accuracy"] = {
+            str(c): m["accuracy"] for c, m in per_client.items() if m["num_examples"] > 0
+        }
+    return summary
 
 
 def stored_config(run_dir: Path, overrides: list[str] | None = None) -> Config:

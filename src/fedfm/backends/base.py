@@ -34,6 +34,12 @@ class Backend(Protocol):
         """Evaluate `state` on each client's local test split."""
         ...
 
+    def personalize_clients(
+        self, state: State, client_ids: Sequence[int], steps: int, server_round: int
+    ) -> dict[int, dict[str, float]]:
+        """Fine-tune `state` locally for `steps` steps on each client and evaluate locally."""
+        ...
+
     def close(self) -> None:
         """Release processes, actors or connections."""
         ...

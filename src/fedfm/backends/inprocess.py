@@ -97,5 +97,27 @@ class InProcessBackend:
             for cid in client_ids
         }
 
+    def personalize_clients(
+        self, state: State, client_ids: Sequence[int], steps: int, server_round: int
+    ) -> dict[int, dict[str, float]]:
+        """Fine-tune `state` for `steps` local steps on each client, then evaluate locally.
+
+        Nothing is sent anywhere: this is the personalisation baseline.
+        """
+        out = {}
+        for cid in client_ids:
+            client = self.data.clients[cid]
+            self.model.set_state(state)
+            local_train(
+                self.model,
+                self.data.dataset,
+                client.train,
+                self.client_cfg,
+                {"max_steps": steps, "epochs": 10**6},
+                [self.seed, server_round, cid, 0xFE],
+            )
+            out[cid] = evaluate(self.model, self.data.dataset, client.test, self.eval_batch_size)
+        return out
+
     def close(self) -> None:
         """Nothing to release."""
