@@ -21,6 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fedfm run configs/default.toml --out runs/default $(ARGS)
+	$(BIN)/fedfm report runs/default
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
