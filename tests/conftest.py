@@ -6,6 +6,7 @@ import os
 import warnings
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -25,6 +26,22 @@ TINY = [
     "rounds=3",
     "backend.threads=1",
 ]
+
+
+class StopAfter:
+    """A callback that simulates a crash: raises after round k has been checkpointed."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def on_round_end(self, record: dict) -> None:
+        if record["round"] == self.k:
+            raise KeyboardInterrupt
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    """Same keys and bitwise-equal tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture

@@ -10,21 +10,7 @@ from fedfm.backends import inprocess
 from fedfm.checkpoint import load_checkpoint
 from fedfm.errors import NotEnoughClientsError
 from fedfm.state import to_bytes
-
-
-class StopAfter:
-    """Simulates a crash: raises after round k has been checkpointed."""
-
-    def __init__(self, k):
-        self.k = k
-
-    def on_round_end(self, record):
-        if record["round"] == self.k:
-            raise KeyboardInterrupt
-
-
-def _equal(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+from tests.conftest import StopAfter, states_equal
 
 
 def test_run_writes_metrics_with_required_keys(tiny_cfg, tmp_path):
@@ -44,7 +30,7 @@ def test_run_writes_metrics_with_required_keys(tiny_cfg, tmp_path):
 def test_same_seed_same_numbers(tiny_cfg, tmp_path):
     a = experiment.run(tiny_cfg, tmp_path / "a")
     b = experiment.run(tiny_cfg, tmp_path / "b")
-    assert _equal(a, b)
+    assert states_equal(a, b)
     ra = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     rb = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     strip = lambda line: {k: v for k, v in json.loads(line).items() if "seconds" not in k}  # noqa: E731
@@ -61,7 +47,7 @@ def test_crash_after_round_k_then_resume_is_bitwise_identical(tiny_cfg, tmp_path
     assert load_checkpoint(crashed).server_round == 1
     resumed = experiment.run(experiment.stored_config(crashed), crashed, resume=True)
     # Assert
-    assert _equal(full, resumed)
+    assert states_equal(full, resumed)
     rounds = [json.loads(x)["round"] for x in (crashed / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3]
 
@@ -69,10 +55,10 @@ def test_crash_after_round_k_then_resume_is_bitwise_identical(tiny_cfg, tmp_path
 def test_a_failing_client_is_dropped_and_the_round_goes_on(tiny_cfg, tmp_path, monkeypatch):
     real = inprocess.local_train
 
-    def flaky(model, dataset, indices, cfg, overrides, seeds):
+    def flaky(model, dataset, indices, cfg, overrides, seeds, **kwargs):
         if seeds[2] % 3 == 0:
             raise RuntimeError("disk on fire")
-        return real(model, dataset, indices, cfg, overrides, seeds)
+        return real(model, dataset, indices, cfg, overrides, seeds, **kwargs)
 
     monkeypatch.setattr(inprocess, "local_train", flaky)
     cfg = tiny_cfg.model_copy(

@@ -21,7 +21,26 @@ AdapterMethod = Literal["lora", "prompt", "head", "full"]
 DatasetName = Literal["rotten_tomatoes", "debates", "synthetic"]
 PartitionName = Literal["iid", "dirichlet", "shards", "quantity", "natural"]
 OptimizerName = Literal["adamw", "sgd"]
-StrategyName = Literal["fedavg"]
+StrategyName = Literal[
+    "fedavg",
+    "fedavgm",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "scaffold",
+    "median",
+    "trimmed-mean",
+    "krum",
+    "multi-krum",
+    "norm-bound",
+    "exact",
+    "ffa-lora",
+    "hetlora",
+    "flexlora",
+]
+AttackName = Literal["none", "sign-flip", "gaussian", "scale", "label-flip"]
+Mode = Literal["federated", "local-only", "centralised"]
 BackendName = Literal["inprocess"]
 
 
@@ -89,6 +108,17 @@ class StrategyConfig(_Section):
     clients_per_round: int | None = Field(10, ge=1)
     min_clients: int = Field(1, ge=1)
     min_success_fraction: float = Field(0.5, ge=0, le=1)
+    server_lr: float | None = Field(None, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+    proximal_mu: float = Field(0.01, ge=0)
+    trim_beta: float = Field(0.1, ge=0, lt=0.5)
+    num_byzantine: int = Field(1, ge=0)
+    num_selected: int | None = Field(None, ge=1)
+    norm_bound: float | None = Field(None, gt=0)
+    lora_ranks: list[int] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _one_sampling_rule(self) -> StrategyConfig:
@@ -102,6 +132,15 @@ class PipelineConfig(_Section):
 
     transforms: list[Literal["clip", "fp16"]] = Field(default_factory=list)
     clip_norm: float = Field(1.0, gt=0)
+
+
+class AttackConfig(_Section):
+    """The robustness harness (off by default): a share of clients is malicious."""
+
+    kind: AttackName = "none"
+    fraction: float = Field(0.2, ge=0, le=1)
+    strength: float = Field(1.0, gt=0)
+    seed: int = 0
 
 
 class EvalConfig(_Section):
@@ -131,6 +170,7 @@ class Config(_Section):
 
     seed: int = 0
     rounds: int = Field(10, ge=1)
+    mode: Mode = "federated"
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -141,6 +181,23 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+
+    @model_validator(mode="after")
+    def _ranks_fit(self) -> Config:
+        ranks = self.strategy.lora_ranks
+        if self.strategy.name in ("hetlora", "flexlora"):
+            if self.adapter.method != "lora":
+                raise ValueError(
+                    f"strategy.name={self.strategy.name!r} needs adapter.method='lora'"
+                )
+            if ranks and max(ranks) > self.adapter.r:
+                raise ValueError(
+                    f"strategy.lora_ranks: max {max(ranks)} exceeds adapter.r={self.adapter.r}"
+                )
+        if self.strategy.name in ("exact", "ffa-lora") and self.adapter.method != "lora":
+            raise ValueError(f"strategy.name={self.strategy.name!r} needs adapter.method='lora'")
+        return self
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

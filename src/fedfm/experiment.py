@@ -1,7 +1,8 @@
-"""Builds the pieces from a config and runs the round loop (fresh or resumed)."""
+"""Builds the pieces from a config and runs the round loop (fresh or resumed) or a baseline."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -10,11 +11,11 @@ from typing import Any
 
 import torch
 
-from fedfm.backends.inprocess import InProcessBackend
+from fedfm.backends.inprocess import InProcessBackend, UpdateAttack
 from fedfm.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from fedfm.client.evaluate import evaluate
 from fedfm.config import Config, apply_override, config_from_dict
-from fedfm.data.datasets import load_dataset
+from fedfm.data.datasets import TextDataset, load_dataset
 from fedfm.data.federated import FederatedData, federate
 from fedfm.errors import CheckpointError
 from fedfm.loop import Callback, LoopParts, Progress, SilentProgress, run_rounds
@@ -24,7 +25,11 @@ from fedfm.models.catalogue import build_model, load_tokenizer
 from fedfm.models.trainable import TrainableModel
 from fedfm.pipeline import build_pipeline
 from fedfm.state import State
+from fedfm.strategies.attacks import choose_malicious
+from fedfm.strategies.lora_math import frozen_keys
 from fedfm.strategies.registry import build_strategy
+
+CLIENT_PREFIX = "@client/"  # client-side persistent state inside the checkpoint
 
 
 @dataclass
@@ -34,6 +39,7 @@ class Experiment:
     cfg: Config
     data: FederatedData
     model: TrainableModel
+    backend: InProcessBackend
     parts: LoopParts
     initial_state: State
 
@@ -57,10 +63,17 @@ def build(
     data = federate(dataset, cfg.data, cfg.partition, cfg.seed)
     torch.manual_seed(cfg.seed)
     module = make_trainable(build_model(cfg.model.name, dataset.num_classes), cfg.adapter)
+    if cfg.strategy.name == "ffa-lora":  # A stays at its seeded init and never travels
+        params = dict(module.named_parameters())
+        for name in frozen_keys(params):
+            params[name].requires_grad_(False)
     model = TrainableModel(module)
     pipeline = build_pipeline(cfg.pipeline.transforms, cfg.pipeline.clip_norm, cfg.seed)
-    backend = InProcessBackend(model, data, cfg.client, pipeline, cfg.seed, cfg.eval.batch_size)
-    strategy = build_strategy(cfg.strategy)
+    train_data, attack = _attack_harness(cfg, data)
+    backend = InProcessBackend(
+        model, train_data, cfg.client, pipeline, cfg.seed, cfg.eval.batch_size, attack
+    )
+    strategy = build_strategy(cfg.strategy, len(data.clients))
 
     def central_eval(state: State) -> dict[str, float]:
         model.set_state(state)
@@ -68,7 +81,9 @@ def build(
 
     def checkpoint(server_round: int, state: State, record: dict[str, Any]) -> None:
         meta = {"config": cfg.model_dump(), "seed": cfg.seed, "record": record}
-        save_checkpoint(run_dir, server_round, state, strategy.state_dict(), meta)
+        saved = strategy.state_dict()
+        saved.update({CLIENT_PREFIX + k: v for k, v in backend.state_dict().items()})
+        save_checkpoint(run_dir, server_round, state, saved, meta)
 
     parts = LoopParts(
         strategy=strategy,
@@ -87,7 +102,25 @@ def build(
         callbacks=list(callbacks or []),
         progress=progress or SilentProgress(),
     )
-    return Experiment(cfg, data, model, parts, model.get_state())
+    return Experiment(cfg, data, model, backend, parts, model.get_state())
+
+
+def _attack_harness(cfg: Config, data: FederatedData) -> tuple[FederatedData, UpdateAttack | None]:
+    """Malicious clients: poisoned labels (a relabelled copy of the data) or updates."""
+    kind = cfg.attack.kind
+    if kind == "none":
+        return data, None
+    malicious = choose_malicious(len(data.clients), cfg.attack.fraction, cfg.attack.seed)
+    if kind != "label-flip":
+        attack = UpdateAttack(frozenset(malicious), kind.replace("-", "_"), cfg.attack.strength)  # type: ignore[arg-type]
+        return data, attack
+    labels = data.dataset.labels.copy()
+    k = data.dataset.num_classes
+    for cid in malicious:
+        idx = data.clients[cid].train
+        labels[idx] = k - 1 - labels[idx]
+    flipped: TextDataset = dataclasses.replace(data.dataset, labels=labels)
+    return dataclasses.replace(data, dataset=flipped), None
 
 
 def run(
@@ -109,18 +142,29 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(run_dir)
     exp = build(cfg, run_dir, [log, *(callbacks or [])], progress)
-    state, start = exp.initial_state, 0
+    if not resume and log.path.exists():
+        log.path.unlink()
+    atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.model_dump(), indent=2).encode())
+    if cfg.mode != "federated":
+        return _run_baseline(exp, log, run_dir)
+    state = exp.parts.strategy.initialize(exp.initial_state)
+    start = 0
     if resume:
         ckpt = load_checkpoint(run_dir)
         if ckpt.global_state.keys() != state.keys():
             raise CheckpointError(f"checkpoint in {run_dir} does not match the model's state")
-        exp.parts.strategy.load_state_dict(ckpt.strategy_state)
+        client = {
+            k.removeprefix(CLIENT_PREFIX): v
+            for k, v in ckpt.strategy_state.items()
+            if k.startswith(CLIENT_PREFIX)
+        }
+        strategy_state = {
+            k: v for k, v in ckpt.strategy_state.items() if not k.startswith(CLIENT_PREFIX)
+        }
+        exp.parts.strategy.load_state_dict(strategy_state)
+        exp.backend.load_state_dict(client)
         state, start = ckpt.global_state, ckpt.server_round
         log.restore(start, ckpt.meta.get("record"))
-    else:
-        if log.path.exists():
-            log.path.unlink()
-    atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.model_dump(), indent=2).encode())
     tensorboard = None
     if cfg.logging.tensorboard:
         from fedfm.report.tensorboard import TensorBoardCallback
@@ -140,6 +184,20 @@ def run(
     return final
 
 
+def _run_baseline(exp: Experiment, log: MetricsLog, run_dir: Path) -> State:
+    from fedfm.baselines import run_centralised, run_local_only
+
+    if exp.cfg.mode == "centralised":
+        run_centralised(exp, log)
+        extra: dict[str, Any] = {}
+    else:
+        extra = run_local_only(exp, log)
+    summary = {**_summary(exp, exp.model.get_state(), log.records()), **extra}
+    summary["mode"] = exp.cfg.mode
+    atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=1).encode())
+    return exp.model.get_state()
+
+
 def _summary(exp: Experiment, final: State, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Final figures: last central accuracy, totals, and the personalisation baseline."""
     cfg = exp.cfg
@@ -151,9 +209,8 @@ def _summary(exp: Experiment, final: State, records: list[dict[str, Any]]) -> di
         "bytes_up_total": sum(r.get("bytes_up", 0) for r in records),
         "bytes_down_total": sum(r.get("bytes_down", 0) for r in records),
     }
-    if cfg.eval.personalize_steps > 0:
-        backend = exp.parts.backend
-        per_client = backend.personalize_clients(
+    if cfg.eval.personalize_steps > 0 and cfg.mode == "federated":
+        per_client = exp.backend.personalize_clients(
             final, exp.data.client_ids, cfg.eval.personalize_steps, cfg.rounds + 1
         )
         summary["personalized_accuracy"] = {

@@ -19,7 +19,7 @@ from fedfm.core import ClientUpdate, FitIns, FitResult
 from fedfm.errors import NotEnoughClientsError, TransportError
 from fedfm.metrics import clean_record
 from fedfm.pipeline import Pipeline
-from fedfm.state import State, to_bytes
+from fedfm.state import State, from_bytes, global_norm, to_bytes
 from fedfm.strategies.base import Strategy
 
 
@@ -105,7 +105,7 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
 
         # 3. Decode: server-side inverse of the update pipeline; bad payloads are failures.
         t = time.perf_counter()
-        results, failures = _decode(p.pipeline, updates, global_state, server_round)
+        results, failures = _decode(p.pipeline, updates, instructions, global_state, server_round)
         needed = max(1, int(np.ceil(p.min_success_fraction * len(instructions))))
         if len(results) < needed:
             raise NotEnoughClientsError(
@@ -132,6 +132,7 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
                 "accuracy": central.get("accuracy"),
                 "loss": central.get("loss"),
                 "train_loss": _mean([r.metrics.get("train_loss") for r in results]),
+                "update_norm": float(np.median([global_norm(r.update) for r in results])),
                 "bytes_up": sum(u.num_bytes for u in updates if not u.has_error()),
                 "bytes_down": bytes_down,
                 "num_clients": len(instructions),
@@ -161,21 +162,36 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
 
 
 def _decode(
-    pipeline: Pipeline, updates: Sequence[ClientUpdate], like: State, server_round: int
+    pipeline: Pipeline,
+    updates: Sequence[ClientUpdate],
+    instructions: Sequence[FitIns],
+    global_state: State,
+    server_round: int,
 ) -> tuple[list[FitResult], list[str]]:
-    """Validate and decode each successful update; malformed ones become failures."""
+    """Validate and decode each successful update; malformed ones become failures.
+
+    An update must be shaped like the state its client was sent (its own rank under
+    HetLoRA/FlexLoRA); extras (e.g. SCAFFOLD control deltas) like the global state.
+    """
+    sent = {ins.client_id: ins for ins in instructions}
     results: list[FitResult] = []
     failures: list[str] = []
     for u in updates:
+        ins = sent.get(u.client_id)
+        if ins is None:
+            failures.append(f"client {u.client_id}: was not asked to train this round")
+            continue
         if u.has_error():
             failures.append(f"client {u.client_id}: {u.error}")
             continue
+        like = ins.state if ins.state is not None else global_state
         try:
             update = pipeline.decode(u.payload, like, u.client_id, server_round)
+            extra = {k: from_bytes(b, like=global_state) for k, b in u.extras.items()}
         except TransportError as exc:
             failures.append(f"client {u.client_id}: {exc}")
             continue
-        results.append(FitResult(u.client_id, u.num_examples, update, metrics=u.metrics))
+        results.append(FitResult(u.client_id, u.num_examples, update, extra, u.metrics))
     return results, failures
 
 

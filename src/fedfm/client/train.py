@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +25,19 @@ def make_optimizer(
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+@dataclass(frozen=True)
+class LocalResult:
+    """What local training produced besides the new parameters.
+
+    Attributes:
+        metrics: `train_loss` (mean over steps), `steps`, `num_examples`.
+        mean_grad: the mean minibatch gradient (before any correction), when asked for.
+    """
+
+    metrics: dict[str, float]
+    mean_grad: State | None = None
+
+
 def local_train(
     model: TrainableModel,
     dataset: TextDataset,
@@ -31,7 +45,10 @@ def local_train(
     cfg: ClientConfig,
     overrides: Mapping[str, Scalar],
     seeds: list[int],
-) -> dict[str, float]:
+    grad_correction: State | None = None,
+    track_mean_grad: bool = False,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> LocalResult:
     """Train the model's trainable parameters in place on `indices`.
 
     The caller has loaded the starting state into `model`. Randomness (batch order,
@@ -45,9 +62,13 @@ def local_train(
         overrides: per-round settings from the strategy: `lr`, `epochs`, `max_steps`,
             `proximal_mu` (FedProx, https://arxiv.org/abs/1812.06127).
         seeds: entropy for this client and round, e.g. `[seed, server_round, client_id]`.
+        grad_correction: added to each gradient before the step (SCAFFOLD's c - c_i).
+        track_mean_grad: also return the mean clipped minibatch gradient.
+        optimizer: continue with this optimiser (centralised baseline) instead of a
+            fresh one, as federated clients use each round.
 
     Returns:
-        Metrics: `train_loss` (mean over steps), `steps`, `num_examples` (seen per epoch).
+        The metrics, and the mean gradient when asked for.
     """
     lr = float(overrides.get("lr", cfg.lr))
     epochs = int(overrides.get("epochs", cfg.epochs))
@@ -57,7 +78,10 @@ def local_train(
     torch.manual_seed(int(rng.integers(2**62)))  # dropout
     params = list(model.params.values())
     anchor: State | None = model.get_state() if mu > 0 else None
-    opt = make_optimizer(params, cfg, lr)
+    grad_sum: State | None = (
+        {n: torch.zeros_like(p) for n, p in model.params.items()} if track_mean_grad else None
+    )
+    opt = optimizer if optimizer is not None else make_optimizer(params, cfg, lr)
     lengths = dataset.lengths
     model.module.train()
     losses: list[float] = []
@@ -74,14 +98,32 @@ def local_train(
             loss.backward()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if grad_sum is not None or grad_correction is not None:
+                _adjust_grads(model, grad_sum, grad_correction)
             opt.step()
             steps += 1
             if max_steps is not None and steps >= int(max_steps):
                 break
         if max_steps is not None and steps >= int(max_steps):
             break
-    return {
+    metrics = {
         "train_loss": float(np.mean(losses)) if losses else float("nan"),
         "steps": float(steps),
         "num_examples": float(len(indices)),
     }
+    mean_grad = None
+    if grad_sum is not None:
+        mean_grad = {n: g / max(steps, 1) for n, g in grad_sum.items()}
+    return LocalResult(metrics, mean_grad)
+
+
+def _adjust_grads(model: TrainableModel, grad_sum: State | None, correction: State | None) -> None:
+    """Record the raw gradient, then add the correction in place."""
+    with torch.no_grad():
+        for name, param in model.params.items():
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            if grad_sum is not None:
+                grad_sum[name].add_(param.grad)
+            if correction is not None:
+                param.grad.add_(correction[name])

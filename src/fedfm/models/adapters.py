@@ -8,6 +8,8 @@ classifier head is trained and saved with the adapter), `head` (only the classif
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
@@ -50,10 +52,10 @@ def make_trainable(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Modul
             lora_dropout=cfg.dropout,
             target_modules=list(cfg.target_modules),
         )
-        return get_peft_model(model, lora)
+        return _wrap(model, lora)
     if cfg.method == "prompt":
         prompt = PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=cfg.num_virtual_tokens)
-        return get_peft_model(model, prompt)
+        return _wrap(model, prompt)
     if cfg.method == "head":
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith("classifier."))
@@ -63,3 +65,9 @@ def make_trainable(model: torch.nn.Module, cfg: AdapterConfig) -> torch.nn.Modul
             param.requires_grad_(True)
         return model
     raise ConfigError(f"adapter.method: {cfg.method!r} is not one of lora, prompt, head, full")
+
+
+def _wrap(model: torch.nn.Module, config: LoraConfig | PromptTuningConfig) -> torch.nn.Module:
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated for v6
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
+        return get_peft_model(model, config)

@@ -24,6 +24,10 @@ class Strategy(Protocol):
 
     name: str
 
+    def initialize(self, global_state: State) -> State:
+        """Called once before the first round; returns the state the loop holds."""
+        ...
+
     def configure_fit(
         self, server_round: int, available: Sequence[int], rng: np.random.Generator
     ) -> list[FitIns]:
@@ -95,6 +99,10 @@ class StrategyBase:
 
     def __init__(self, sampler: ClientSampler) -> None:
         self.sampler = sampler
+
+    def initialize(self, global_state: State) -> State:
+        """Nothing to set up by default."""
+        return global_state
 
     def configure_fit(
         self, server_round: int, available: Sequence[int], rng: np.random.Generator

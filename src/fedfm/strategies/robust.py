@@ -357,8 +357,7 @@ class NormBound:
 
     def initialize(self, global_state: State) -> State:
         """Pass the initial global state to `inner` if it wants it (see lora.HetLoRA)."""
-        init = getattr(self.inner, "initialize", None)
-        return global_state if init is None else init(global_state)
+        return self.inner.initialize(global_state)
 
     def configure_fit(
         self, server_round: int, available: Sequence[int], rng: np.random.Generator

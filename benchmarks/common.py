@@ -1,0 +1,52 @@
+"""Shared helpers for the benchmark scripts: configs from the default job, runs, tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fedfm import experiment
+from fedfm.config import Config, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_config(changes: dict[str, dict[str, Any] | Any]) -> Config:
+    """The default job with sections updated (`{"strategy": {"name": "fedadam"}, ...}`);
+    per-client evaluation and personalisation are switched off to save time."""
+    raw = load_config(ROOT / "configs" / "default.toml").model_dump()
+    raw["eval"].update({"federated_every": None, "personalize_steps": 0})
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    return config_from_dict(raw)
+
+
+def run(cfg: Config, run_dir: Path) -> list[dict[str, Any]]:
+    """Run (or reuse a finished run in `run_dir` with the same config) and return records."""
+    done = run_dir / "summary.json"
+    stored = run_dir / "config.json"
+    if done.exists() and stored.exists() and json.loads(stored.read_text()) == cfg.model_dump():
+        print(f"  reusing {run_dir}")
+    else:
+        experiment.run(cfg, run_dir)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines]
+
+
+def rounds_to(records: list[dict[str, Any]], target: float) -> str:
+    """First round whose central accuracy reaches `target`, or '-'."""
+    for r in records:
+        if r.get("accuracy") is not None and r["accuracy"] >= target:
+            return str(r["round"])
+    return "-"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

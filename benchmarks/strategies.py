@@ -1,0 +1,75 @@
+"""Strategies on the default job at Dirichlet alpha = 0.1 (strong label skew), with the
+baselines: final central accuracy and the first round reaching 0.70.
+
+Every run uses the same data split, model, seed and budget (10 rounds, 10 of 50 clients,
+one local epoch). Runs are kept in runs/bench-strategies/<name> (finished runs with the same
+config are reused), so `fedfm compare` can overlay them afterwards.
+
+Usage: python benchmarks/strategies.py [--rounds 10] [--only fedavg,fedprox]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import ROOT, default_config, rounds_to, run, table
+
+RUNS = {
+    "FedAvg": {"strategy": {"name": "fedavg"}},
+    "FedProx (mu=0.01)": {"strategy": {"name": "fedprox", "proximal_mu": 0.01}},
+    "FedAdam (eta=1e-2)": {"strategy": {"name": "fedadam"}},
+    "FedYogi (eta=1e-2)": {"strategy": {"name": "fedyogi"}},
+    "SCAFFOLD": {"strategy": {"name": "scaffold"}},
+    "local-only": {"mode": "local-only"},
+    "centralised": {"mode": "centralised"},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    args = ap.parse_args()
+    only = [x for x in args.only.split(",") if x]
+    rows = []
+    for label, changes in RUNS.items():
+        slug = label.split(" ")[0].lower()
+        if only and slug not in only:
+            continue
+        cfg = default_config(
+            {"partition": {"name": "dirichlet", "alpha": 0.1}, "rounds": args.rounds, **changes}
+        )
+        t = time.perf_counter()
+        print(f"running {label} ...", flush=True)
+        records = run(cfg, ROOT / "runs" / "bench-strategies" / slug)
+        final = records[-1]
+        if cfg.mode == "local-only":
+            acc = list(final["client_accuracy"].values())
+            mean = sum(acc) / len(acc)
+            std = (sum((a - mean) ** 2 for a in acc) / len(acc)) ** 0.5
+            rows.append(
+                [
+                    label,
+                    f"{mean:.3f} ± {std:.3f} (client tests)",
+                    "n/a",
+                    f"{time.perf_counter() - t:.0f}",
+                ]
+            )
+        else:
+            rows.append(
+                [
+                    label,
+                    f"{final['accuracy']:.3f}",
+                    rounds_to(records, 0.70),
+                    f"{time.perf_counter() - t:.0f}",
+                ]
+            )
+        print(rows[-1], flush=True)
+    print()
+    print(f"Dirichlet alpha=0.1, 50 clients, 10 per round, {args.rounds} rounds, MiniLM + LoRA r=8")
+    print(table(["strategy", "final accuracy", "rounds to 0.70", "wall s"], rows))
+
+
+if __name__ == "__main__":
+    main()
