@@ -56,6 +56,9 @@ def run(
             experiment.run(cfg, run_dir, resume=resume is not None, progress=progress)
     except FedFMError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: continue with  fedfm run --resume {run_dir}")
+        raise typer.Exit(code=130) from None
     print_summary(MetricsLog(run_dir).records(), console)
     console.print(f"metrics: {run_dir / 'metrics.jsonl'}")
 
