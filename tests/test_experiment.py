@@ -108,3 +108,26 @@ def test_federated_eval_personalisation_summary_and_report(tiny_cfg, tmp_path):
     assert summary["final_accuracy"] == records[-1]["accuracy"]
     html = write_report(tmp_path).read_text()
     assert "personalized" in html and "data:image/png;base64" in html
+
+
+def test_report_compares_with_a_local_only_run(tmp_path):
+    # Prepare: a federated run with per-client evaluation and a local-only run of the split
+    from fedfm.config import load_config
+    from fedfm.report import write_report
+    from tests.conftest import TINY
+
+    experiment.run(load_config(None, [*TINY, "eval.federated_every=3"]), tmp_path / "fed")
+    experiment.run(load_config(None, [*TINY, "mode=local-only"]), tmp_path / "local")
+    # Execute
+    html = write_report(tmp_path / "fed", local_only_dir=tmp_path / "local").read_text()
+    # Assert
+    assert "share worse than local-only" in html
+
+
+def test_tensorboard_logging_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    from fedfm.config import load_config
+    from tests.conftest import TINY
+
+    experiment.run(load_config(None, [*TINY, "logging.tensorboard=true"]), tmp_path)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
