@@ -5,7 +5,8 @@ Every run uses the same data split, model, seed and budget (10 rounds, 10 of 50 
 one local epoch). The client learning rate defaults to 1e-3 here, not the default job's
 5e-3: at 5e-3 and alpha = 0.1 almost every client holds one label, each one epoch drives the
 head to its own class, and FedAvg stayed at the majority class (0.597) for five rounds with
-test loss swinging between 1.5 and 7.4 (measured; see the issue note). Runs are kept in runs/bench-strategies/<name> (finished runs with the same
+test loss swinging between 1.5 and 7.4 (measured; see the issue note).
+Runs are kept in runs/bench-strategies/<name> (finished runs with the same
 config are reused), so `fedfm compare` can overlay them afterwards.
 
 Usage: python benchmarks/strategies.py [--rounds 10] [--only fedavg,fedprox]
