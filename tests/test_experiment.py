@@ -131,3 +131,24 @@ def test_tensorboard_logging_writes_event_files(tmp_path):
 
     experiment.run(load_config(None, [*TINY, "logging.tensorboard=true"]), tmp_path)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_nan_update_is_rejected_as_a_failure(tiny_cfg, tmp_path, monkeypatch):
+    # Prepare: client 0 sends NaNs (as a broken or hostile client would)
+    real = inprocess.InProcessBackend._maybe_poison
+
+    def nan_for_client_0(self, update, ins):
+        if ins.client_id == 0:
+            return {k: torch.full_like(v, float("nan")) for k, v in update.items()}
+        return real(self, update, ins)
+
+    monkeypatch.setattr(inprocess.InProcessBackend, "_maybe_poison", nan_for_client_0)
+    cfg = tiny_cfg.model_copy(update={"rounds": 4})
+    # Execute
+    final = experiment.run(cfg, tmp_path)
+    # Assert
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    hit = [r for r in records if 0 in r["clients"]]
+    assert hit and all(r["num_failures"] == 1 for r in hit)
+    assert all("NaN" in r["failures"][0] for r in hit)
+    assert all(torch.isfinite(v).all() for v in final.values())

@@ -138,6 +138,7 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
                 "num_clients": len(instructions),
                 "num_failures": len(failures),
                 "clients": [ins.client_id for ins in instructions],
+                **({"failures": failures} if failures else {}),
                 "seconds_fit": seconds_fit,
                 "seconds_aggregate": seconds_aggregate,
                 "seconds_eval": seconds_eval,
