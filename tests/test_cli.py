@@ -88,3 +88,11 @@ def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(tensors[f"global/{k}"], v) for k, v in reference.items())
     rounds = [json.loads(x)["round"] for x in metrics.read_text().splitlines()]
     assert rounds == list(range(1, 9))
+
+
+def test_unknown_strategy_exits_with_one_line_listing_the_names():
+    proc = _run("run", "--set", "strategy.name=nope")
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode != 0 and len(lines) == 1
+    assert "strategy.name" in lines[0]
+    assert all(name in lines[0] for name in ("'fedavg'", "'scaffold'", "'krum'", "'flexlora'"))
