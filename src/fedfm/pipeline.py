@@ -19,8 +19,8 @@ from typing import Protocol
 
 import torch
 
-from fedfm.errors import ConfigError, TransportError
-from fedfm.state import State, from_bytes, global_norm, to_bytes
+from fedfm.errors import ConfigError
+from fedfm.state import State, from_bytes, global_norm, shaped_like, to_bytes
 
 STAGES = ("clip", "noise", "compress", "mask")
 
@@ -142,16 +142,7 @@ class Pipeline:
         ctx = TransformContext(client_id, server_round, self.seed)
         for t in reversed(self.transforms):
             update = t.decode(update, ctx)
-        if update.keys() != like.keys():
-            raise TransportError(f"client {client_id}: update names differ from the model's")
-        for k, ref in like.items():
-            got = update[k]
-            if got.shape != ref.shape or got.dtype != ref.dtype:
-                raise TransportError(
-                    f"client {client_id}: {k!r} is {tuple(got.shape)} {got.dtype}, "
-                    f"expected {tuple(ref.shape)} {ref.dtype}"
-                )
-        return {k: update[k] for k in like}
+        return shaped_like(update, like, who=f"client {client_id} update")
 
 
 TRANSFORMS = ("clip", "fp16")

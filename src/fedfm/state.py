@@ -88,23 +88,34 @@ def from_bytes(
         raw = st_load(data)
     except Exception as exc:  # safetensors raises several types on garbage
         raise TransportError(f"payload is not valid safetensors: {exc}") from exc
-    if like is not None:
-        _check_same_keys(raw, like, what="payload")
-        for k, ref in like.items():
-            got = raw[k]
-            if got.shape != ref.shape or got.dtype != ref.dtype:
-                raise TransportError(
-                    f"payload tensor {k!r} has shape {tuple(got.shape)} {got.dtype}, "
-                    f"expected {tuple(ref.shape)} {ref.dtype}"
-                )
-        order = list(like)
-    else:
-        order = _sender_order(data, raw)
-    for k in order:
-        t = raw[k]
+    state = (
+        shaped_like(raw, like)
+        if like is not None
+        else {k: raw[k] for k in _sender_order(data, raw)}
+    )
+    for k, t in state.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise TransportError(f"payload tensor {k!r} holds NaN or infinite values")
-    return {k: raw[k] for k in order}
+    return state
+
+
+def shaped_like(
+    state: Mapping[str, torch.Tensor], like: Mapping[str, torch.Tensor], who: str = "payload"
+) -> State:
+    """`state` in the key order of `like`, after checking names, shapes and dtypes match.
+
+    Raises:
+        TransportError: a name is missing or unexpected, or a shape or dtype differs.
+    """
+    _check_same_keys(state, like, what=who)
+    for k, ref in like.items():
+        got = state[k]
+        if got.shape != ref.shape or got.dtype != ref.dtype:
+            raise TransportError(
+                f"{who} tensor {k!r} has shape {tuple(got.shape)} {got.dtype}, "
+                f"expected {tuple(ref.shape)} {ref.dtype}"
+            )
+    return {k: state[k] for k in like}
 
 
 def _sender_order(data: bytes, raw: Mapping[str, torch.Tensor]) -> list[str]:
