@@ -58,7 +58,7 @@ def _figures_table(runs: Sequence[RunData], labels: Sequence[str]) -> str:
         "rounds",
         "total bytes up",
         "total bytes down",
-        "total seconds",
+        "total wall time",
     ]
     rows = []
     for run, label in zip(runs, labels, strict=True):
@@ -71,7 +71,7 @@ def _figures_table(runs: Sequence[RunData], labels: Sequence[str]) -> str:
                 h["rounds"],
                 hk.format_bytes(h["bytes_up"]),
                 hk.format_bytes(h["bytes_down"]),
-                h["seconds"],
+                hk.format_seconds(h["seconds"]),
             ]
         )
     return hk.table(rows, header)
