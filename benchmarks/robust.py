@@ -31,8 +31,9 @@ ATTACKS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
     args = ap.parse_args()
-    base = {"rounds": args.rounds}
+    base = {"rounds": args.rounds, "backend": {"threads": args.threads}}
     clean = run(
         default_config({**base, "strategy": {"name": "fedavg"}}),
         ROOT / "runs" / "bench-robust" / "fedavg-clean",
