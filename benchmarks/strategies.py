@@ -1,14 +1,13 @@
 """Strategies on the default job at Dirichlet alpha = 0.1 (strong label skew), with the
 baselines: final central accuracy and the first round reaching 0.70.
 
-Every run uses the same data split, model, seed and budget (10 rounds, 10 of 50 clients,
-one local epoch capped at `--max-steps` 10 steps, client lr 5e-3). The cap keeps a round's
-cost independent of which clients are drawn. At alpha = 0.1 most clients hold one label
-and a few hold most of the data (the largest 1,738 training reviews, the smallest 8), so example-weighted
-averaging is dominated by a few single-label clients: in probes, FedAvg sat at the majority
-class or flipped to the minority class at lr 5e-3, at lr 1e-3, and with local work capped
-at 10 steps (`--lr` changes the client learning rate).
-Runs are kept in runs/bench-strategies/<name> (finished runs with the same
+Every run uses the same data split, model, seed and budget: 10 rounds, 10 of 50 clients,
+one local epoch capped at 10 steps (`--max-steps`), client lr 5e-3 (`--lr`). The cap keeps
+a round's cost independent of which clients are drawn. At alpha = 0.1 most clients hold one
+label and a few hold most of the data (the largest 1,738 training reviews, the smallest 8),
+so example-weighted averaging is dominated by a few single-label clients: in probes, FedAvg
+sat at the majority class or flipped to the minority class at lr 5e-3, at lr 1e-3, and with
+the 10-step cap. Runs are kept in runs/bench-strategies/<name> (finished runs with the same
 config are reused), so `fedfm compare` can overlay them afterwards.
 
 Usage: python benchmarks/strategies.py [--rounds 10] [--only fedavg,fedprox]
