@@ -141,7 +141,7 @@ def test_label_flip_poisons_only_malicious_training_labels(tmp_path):
     changed = np.flatnonzero(poisoned != orig)
     owners = {c for c, d in exp.data.clients.items() if np.isin(changed, d.train).any()}
     assert len(owners) == 3  # half of six clients
-    assert np.arraystates_equal(exp.data.dataset.labels, orig)  # central evaluation stays clean
+    assert np.array_equal(exp.data.dataset.labels, orig)  # central evaluation stays clean
 
 
 @pytest.mark.parametrize("mode", ["centralised", "local-only"])
