@@ -93,12 +93,18 @@ class ClientSampler:
 
 
 class StrategyBase:
-    """Sampling, identical instructions for every client, no round-to-round state."""
+    """Sampling, identical instructions for every client, no round-to-round state.
+
+    Args:
+        sampler: who trains each round.
+        server_lr: step size on the aggregated update (used by strategies that step).
+    """
 
     name = "base"
 
-    def __init__(self, sampler: ClientSampler) -> None:
+    def __init__(self, sampler: ClientSampler, server_lr: float = 1.0) -> None:
         self.sampler = sampler
+        self.server_lr = server_lr
 
     def initialize(self, global_state: State) -> State:
         """Nothing to set up by default."""

@@ -9,7 +9,7 @@ import torch
 
 from fedfm.core import FitResult
 from fedfm.state import State
-from fedfm.strategies.base import ClientSampler, StrategyBase
+from fedfm.strategies.base import StrategyBase
 
 
 def weighted_mean(updates: Sequence[State], weights: Sequence[float]) -> State:
@@ -52,10 +52,6 @@ class FedAvg(StrategyBase):
     """
 
     name = "fedavg"
-
-    def __init__(self, sampler: ClientSampler, server_lr: float = 1.0) -> None:
-        super().__init__(sampler)
-        self.server_lr = server_lr
 
     def aggregate_fit(
         self, server_round: int, global_state: State, results: Sequence[FitResult]

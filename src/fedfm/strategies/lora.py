@@ -115,10 +115,6 @@ class FFALoRA(StrategyBase):
 
     name = "ffa_lora"
 
-    def __init__(self, sampler: ClientSampler, server_lr: float = 1.0) -> None:
-        super().__init__(sampler)
-        self.server_lr = server_lr
-
     def aggregate_fit(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
     ) -> State:

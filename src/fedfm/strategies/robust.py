@@ -240,10 +240,6 @@ class Median(StrategyBase):
 
     name = "median"
 
-    def __init__(self, sampler: ClientSampler, server_lr: float = 1.0) -> None:
-        super().__init__(sampler)
-        self.server_lr = server_lr
-
     def aggregate_fit(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
     ) -> State:
