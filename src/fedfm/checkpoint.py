@@ -122,6 +122,18 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     return Checkpoint(int(doc["server_round"]), global_state, strategy_state, doc["meta"])
 
 
+def last_round(run_dir: Path) -> int:
+    """The round of the last committed checkpoint, read without loading its tensors.
+
+    Raises:
+        CheckpointError: no checkpoint in `run_dir`.
+    """
+    doc = _read_json(run_dir)
+    if doc is None:
+        raise CheckpointError(f"no checkpoint in {run_dir} (expected {JSON_NAME})")
+    return int(doc["server_round"])
+
+
 def _read_json(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / JSON_NAME
     if not path.exists():

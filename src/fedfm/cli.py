@@ -32,6 +32,7 @@ def run(
 ) -> None:
     """Run a federated fine-tuning job (or resume one)."""
     from fedfm import experiment
+    from fedfm.checkpoint import last_round
     from fedfm.config import load_config
     from fedfm.metrics import MetricsLog, print_summary
     from fedfm.progress import RichProgress
@@ -42,7 +43,7 @@ def run(
                 raise FedFMError("give either CONFIG or --resume RUN_DIR, not both")
             cfg = experiment.stored_config(resume, set_)
             run_dir = resume
-            start = _last_round(resume)
+            start = last_round(resume)
         else:
             cfg = load_config(config, set_)
             run_dir = out or Path("runs") / "latest"
@@ -126,12 +127,6 @@ def compare(
     except FedFMError as exc:
         _fail(exc)
     console.print(f"comparison: {path}")
-
-
-def _last_round(run_dir: Path) -> int:
-    from fedfm.checkpoint import load_checkpoint
-
-    return load_checkpoint(run_dir).server_round
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,6 @@ naming the key and the allowed values (`ConfigError`).
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -233,11 +232,6 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
-
-
-def dump_config(cfg: Config) -> str:
-    """The config as TOML-ish JSON text (JSON is what checkpoints store)."""
-    return json.dumps(cfg.model_dump(), indent=2)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -7,8 +7,6 @@ by length inside each chunk, cut into batches, and the batch order is shuffled.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 
@@ -66,11 +64,3 @@ def collate(
         mask[row, : len(seq)] = 1
     labels = torch.from_numpy(dataset.labels[batch])
     return torch.from_numpy(ids), torch.from_numpy(mask), labels
-
-
-def iterate(
-    dataset: TextDataset, batches: list[np.ndarray]
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Collate `batches` one at a time."""
-    for batch in batches:
-        yield collate(dataset, batch)

@@ -43,7 +43,3 @@ class TrainableModel:
         """Forward pass: [batch, seq] ids and mask -> [batch, num_labels] logits."""
         out = self.module(input_ids=input_ids, attention_mask=attention_mask)
         return out.logits
-
-    def num_total_params(self) -> int:
-        """All parameters of the module, trainable or not (PEFT's frozen copies included)."""
-        return sum(p.numel() for p in self.module.parameters())
