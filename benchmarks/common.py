@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedfm import experiment
+from fedfm.run import run as run_job
 from fedfm.config import Config, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def run(cfg: Config, run_dir: Path) -> list[dict[str, Any]]:
     if done.exists() and stored.exists() and json.loads(stored.read_text()) == cfg.model_dump():
         print(f"  reusing {run_dir}")
     else:
-        experiment.run(cfg, run_dir)
+        run_job(cfg, run_dir)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines]
 

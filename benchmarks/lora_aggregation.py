@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from common import default_config
-
 from fedfm.experiment import build
+
 from fedfm.state import add
 from fedfm.strategies.lora_math import (
     exact_aggregate,

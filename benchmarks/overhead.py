@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fedfm.experiment import build
+from fedfm.loop import run_rounds
 
 from fedfm.config import load_config
 from fedfm.data.batching import bucketed_batches, collate
-from fedfm.experiment import build
-from fedfm.loop import run_rounds
 
 
 def bare_loop(exp, rounds: int, clients: int, steps: int, seed: int) -> tuple[dict, float]:

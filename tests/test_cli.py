@@ -10,9 +10,9 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from fedfm import experiment
 from fedfm.config import load_config
-from tests.conftest import TINY
+from fedfm.run import run
+from tests.helpers import TINY
 
 FEDFM = [sys.executable, "-m", "fedfm.cli"]
 
@@ -26,11 +26,11 @@ def _sets(items):
 
 
 def test_bad_model_name_exits_nonzero_with_one_line():
-    proc = _run("run", "--set", "model.name=nope")
+    proc = _run("run", "--set", "task.model=nope")
     assert proc.returncode != 0
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1
-    assert "model.name" in lines[0] and "'minilm' or 'tiny-bert'" in lines[0]
+    assert "task.model" in lines[0] and "'minilm' or 'tiny-bert'" in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
@@ -81,7 +81,7 @@ def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path):
     resumed = _run("run", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr
     # Assert: bitwise equal to an uninterrupted run, and every round logged once
-    reference = experiment.run(load_config(None, items), tmp_path / "reference")
+    reference = run(load_config(None, items), tmp_path / "reference")
     ckpt = json.loads((run_dir / "checkpoint.json").read_text())
     assert ckpt["server_round"] == 8
     tensors = load_file(str(run_dir / ckpt["tensors"]))
@@ -96,3 +96,23 @@ def test_unknown_strategy_exits_with_one_line_listing_the_names():
     assert proc.returncode != 0 and len(lines) == 1
     assert "strategy.name" in lines[0]
     assert all(name in lines[0] for name in ("'fedavg'", "'scaffold'", "'krum'", "'flexlora'"))
+
+
+def test_federated_every_null_runs_without_per_client_evaluation(tmp_path):
+    proc = _run(
+        "run", *_sets([*TINY, "rounds=2", "eval.federated_every=null"]), "--out", str(tmp_path)
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+    assert not any("client_accuracy" in r for r in records)
+
+
+def test_importing_the_cli_imports_no_heavy_library():
+    heavy = "('transformers', 'peft', 'pandas', 'matplotlib')"
+    code = (
+        "import sys, fedfm.cli, fedfm.config, fedfm.run; "
+        f"print(sorted(m for m in {heavy} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

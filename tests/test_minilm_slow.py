@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fedfm import experiment
 from fedfm.config import load_config
+from fedfm.run import run
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_short_federated_run_on_minilm_and_rotten_tomatoes(tmp_path):
         ],
     )
     # Execute
-    experiment.run(cfg, tmp_path)
+    run(cfg, tmp_path)
     # Assert: LoRA r=8 on query,value + head = 303,816 serialised bytes per client
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["bytes_up"] for r in records] == [2 * 303_816, 2 * 303_816]

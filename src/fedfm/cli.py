@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from fedfm.errors import FedFMError
+from fedfm.rundir import metrics_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -31,37 +32,45 @@ def run(
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
 ) -> None:
     """Run a federated fine-tuning job (or resume one)."""
-    from fedfm import experiment
     from fedfm.checkpoint import last_round
     from fedfm.config import load_config
-    from fedfm.metrics import MetricsLog, print_summary
     from fedfm.progress import RichProgress
+    from fedfm.records import MetricsLog, print_summary
+    from fedfm.run import run as run_job
+    from fedfm.run import stored_config
 
     try:
         if resume is not None:
             if config is not None:
                 raise FedFMError("give either CONFIG or --resume RUN_DIR, not both")
-            cfg = experiment.stored_config(resume, set_)
+            cfg = stored_config(resume, set_)
             run_dir = resume
             start = last_round(resume)
         else:
             cfg = load_config(config, set_)
             run_dir = out or Path("runs") / "latest"
             start = 0
-        console.print(
-            f"fedfm: {cfg.model.name} + {cfg.adapter.method} on {cfg.data.dataset}, "
-            f"{cfg.partition.num_clients} clients ({cfg.partition.name}), "
-            f"{cfg.strategy.name}, {cfg.rounds} rounds -> {run_dir}"
-        )
+        console.print(f"fedfm: {describe(cfg)} -> {run_dir}")
         with RichProgress(cfg.rounds, start, console) as progress:
-            experiment.run(cfg, run_dir, resume=resume is not None, progress=progress)
+            run_job(cfg, run_dir, resume=resume is not None, progress=progress)
     except FedFMError as exc:
         _fail(exc)
     except KeyboardInterrupt:
         err_console.print(f"interrupted: continue with  fedfm run --resume {run_dir}")
         raise typer.Exit(code=130) from None
     print_summary(MetricsLog(run_dir).records(), console)
-    console.print(f"metrics: {run_dir / 'metrics.jsonl'}")
+    console.print(f"metrics: {metrics_path(run_dir)}")
+
+
+def describe(cfg: object) -> str:
+    """One line naming the setup: task, model, adapter, partition, strategy, rounds."""
+    c: Any = cfg
+    task = c.task
+    what = f"{task.model} on {task.dataset}" if hasattr(task, "dataset") else task.name
+    return (
+        f"{what} + {c.adapter.method}, {c.partition.num_clients} clients ({c.partition.name}), "
+        f"{c.strategy.name}, {c.rounds} rounds"
+    )
 
 
 @app.command()

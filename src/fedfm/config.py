@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from fedfm.configbase import Section
 from fedfm.errors import ConfigError
+from fedfm.stages import STAGES, StageConfig
+from fedfm.tasks.configs import DEFAULT_TASK, TASKS, TaskField
 
-ModelName = Literal["minilm", "tiny-bert"]
 AdapterMethod = Literal["lora", "prompt", "head", "full"]
-DatasetName = Literal["rotten_tomatoes", "debates", "synthetic"]
 PartitionName = Literal["iid", "dirichlet", "shards", "quantity", "natural"]
 OptimizerName = Literal["adamw", "sgd"]
 StrategyName = Literal[
@@ -43,15 +44,7 @@ Mode = Literal["federated", "local-only", "centralised"]
 BackendName = Literal["inprocess"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelConfig(_Section):
-    """Which foundation model to start from."""
-
-    name: ModelName = "minilm"
-    max_length: int = Field(64, ge=8, le=512)
+_Section = Section
 
 
 class AdapterConfig(_Section):
@@ -61,14 +54,13 @@ class AdapterConfig(_Section):
     r: int = Field(8, ge=1, le=256)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    target_modules: list[str] | None = Field(None, min_length=1)  # None: the task's default
     num_virtual_tokens: int = Field(16, ge=1, le=256)
 
 
 class DataConfig(_Section):
-    """The dataset and its held-out splits."""
+    """The held-out splits of the task's examples."""
 
-    dataset: DatasetName = "rotten_tomatoes"
     test_size: int = Field(1000, ge=10)
     client_test_fraction: float = Field(0.2, ge=0, lt=1)
     max_examples: int | None = Field(None, ge=20)
@@ -107,6 +99,7 @@ class StrategyConfig(_Section):
     clients_per_round: int | None = Field(10, ge=1)
     min_clients: int = Field(1, ge=1)
     min_success_fraction: float = Field(0.5, ge=0, le=1)
+    max_num_examples: int = Field(10**8, ge=1)  # the largest FedAvg weight a client may claim
     server_lr: float | None = Field(None, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -126,11 +119,15 @@ class StrategyConfig(_Section):
         return self
 
 
-class PipelineConfig(_Section):
-    """The client-side update pipeline (order matters; invalid orders are refused)."""
+_Stage = Annotated[StageConfig, Field(discriminator="name")]
 
-    transforms: list[Literal["clip", "fp16"]] = Field(default_factory=list)
-    clip_norm: float = Field(1.0, gt=0)
+
+class PipelineConfig(_Section):
+    """The update pipelines: `[[pipeline.uplink]]` (client -> server) and
+    `[[pipeline.downlink]]` (the broadcast); order matters, invalid orders are refused."""
+
+    uplink: list[_Stage] = Field(default_factory=list)
+    downlink: list[_Stage] = Field(default_factory=list)
 
 
 class AttackConfig(_Section):
@@ -170,7 +167,7 @@ class Config(_Section):
     seed: int = 0
     rounds: int = Field(10, ge=1)
     mode: Mode = "federated"
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskField = Field(default_factory=lambda: TASKS[DEFAULT_TASK]())
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
@@ -205,7 +202,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Args:
         path: a TOML file; `None` starts from the defaults.
         overrides: strings like `"partition.alpha=0.1"`; values are parsed as TOML
-            literals when they parse (numbers, booleans, arrays), else taken as strings.
+            literals when they parse (numbers, booleans, arrays), else taken as strings;
+            `null` unsets an optional setting (e.g. `eval.federated_every=null`).
 
     Returns:
         The validated `Config`.
@@ -244,10 +242,14 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set expects key=value (e.g. partition.alpha=0.1), got {item!r}")
-    try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
+    value: Any
+    if text.strip() == "null":  # TOML has no null: unset an optional setting
+        value = None
+    else:
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
@@ -260,24 +262,42 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def _one_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    parts = _strip_tags(err["loc"], err.get("input"))
+    loc = ".".join(str(p) for p in parts) or "config"
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    if err["type"] == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"{loc}.name: {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}{more}"
     if err["type"] == "extra_forbidden":
-        section = _section_for(err["loc"][:-1])
+        section = _section_for(tuple(err["loc"][:-1]))
         allowed = ", ".join(section.model_fields) if section else ""
         return f"{loc}: unknown key (allowed: {allowed})"
     got = err.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
     return f"{loc}: {err['msg']}{got_text}{more}"
 
 
+def _strip_tags(loc: tuple[Any, ...], value: Any) -> list[Any]:
+    """Drop the union tags pydantic puts in a location (`task.digits.hidden` -> `task.hidden`)."""
+    return [p for p in loc if not (isinstance(p, str) and p in _TAGS)]
+
+
 def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+    """The section class at `loc` (list indices skipped, union tags followed)."""
+    model: type[BaseModel] | None = Config
     for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type):
-            return None
-        if not issubclass(field.annotation, BaseModel):
-            return None
-        model = field.annotation
+        if isinstance(part, int):
+            continue
+        if part in _TAGS:
+            model = _TAGS[part]
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            model = None  # a union or a list: a tag or an index follows
     return model
+
+
+_TAGS: dict[str, type[BaseModel]] = {**TASKS, **STAGES}

@@ -22,4 +22,8 @@ class NotEnoughClientsError(FedFMError):
 
 
 class CheckpointError(FedFMError):
-    """A checkpoint is missing, unreadable or belongs to a different run."""
+    """A checkpoint is missing, unreadable, malformed or belongs to a different run."""
+
+
+class AggregationError(FedFMError, ValueError):
+    """A round's updates cannot be combined (the round fails; the global state is kept)."""

@@ -1,13 +1,16 @@
-"""The update pipeline: client-side `encode` steps with their server-side inverses.
+"""The update pipeline: client-side `encode` stages, their server-side inverses, server hooks.
 
 Everything between the client's optimiser and the server's strategy goes through here
-(clipping, DP noise, compression, secure-aggregation masking, transport precision): each is
-an `UpdateTransform`, and a `Pipeline` runs them in order, serialises with safetensors, and
-on the server parses untrusted bytes, runs the inverses in reverse order and checks the result
-against the expected names, shapes and dtypes.
+(attacks in simulation, clipping, DP noise, compression, secure-aggregation masking): each is
+a `Stage`, and a `Pipeline` runs them in order, serialises with safetensors, and on the server
+parses untrusted bytes, runs the inverses in reverse order and checks the result against the
+expected names, shapes and dtypes. After the strategy's `reduce`, every stage's
+`server_postprocess` sees the aggregate (unmask a secure sum, add central noise, step an
+accountant) before the strategy's `apply`. The server also has a downlink pipeline, which
+encodes the broadcast once per round.
 
-Invalid orders are refused when the pipeline is built: a transform's `stage` may never
-decrease along the pipeline (clip < noise < compress < mask), e.g. sparsification after
+Invalid orders are refused when the pipeline is built: a stage's `kind` may never decrease
+along the pipeline (poison < clip < noise < compress < mask); e.g. sparsification after
 secure-aggregation masking would destroy the masks.
 """
 
@@ -15,149 +18,190 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from enum import IntEnum
+from itertools import pairwise
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from fedfm.errors import ConfigError
-from fedfm.state import State, from_bytes, global_norm, shaped_like, to_bytes
+from fedfm.errors import ConfigError, TransportError
+from fedfm.state import DEFAULT_MAX_BYTES, State, from_bytes, shaped_like, to_bytes
 
-STAGES = ("clip", "noise", "compress", "mask")
+if TYPE_CHECKING:
+    from fedfm.client.state import ClientStateStore
+    from fedfm.strategies.base import Aggregate
+
+
+class StageKind(IntEnum):
+    """Where a stage may sit: kinds never decrease along a pipeline."""
+
+    POISON = 0  # simulation-only attacks: what a malicious client would send
+    CLIP = 1
+    NOISE = 2
+    COMPRESS = 3
+    MASK = 4
 
 
 @dataclass(frozen=True)
-class TransformContext:
-    """Who is encoding or decoding: lets transforms derive per-client randomness."""
+class StageContext:
+    """Who is encoding or decoding what.
+
+    Attributes:
+        client_id: the client (-1 for the server's broadcast).
+        server_round: the round.
+        seed: the run's seed (simulation randomness is derived from it).
+        stream: what is being encoded: `"update"`, an extra's name, or `"broadcast"`.
+        store: the client's persistent state store (stateful stages keep state there);
+            `None` on the server.
+    """
 
     client_id: int
     server_round: int
     seed: int
+    stream: str = "update"
+    store: ClientStateStore | None = None
 
 
-class UpdateTransform(Protocol):
-    """One step of the client-side pipeline and its server-side inverse."""
+class Stage(Protocol):
+    """One step of the pipeline and its server-side inverse."""
 
     name: str
-    stage: str  # one of STAGES
+    kind: StageKind
 
-    def encode(self, update: State, ctx: TransformContext) -> State:
-        """Client side: transform the update before it is sent."""
+    def encode(self, update: State, ctx: StageContext) -> tuple[State, dict[str, float]]:
+        """Client side: transform the update before it is sent; return it and metrics."""
         ...
 
-    def decode(self, update: State, ctx: TransformContext) -> State:
-        """Server side: undo what `encode` did that the server can undo."""
+    def decode(self, update: State, like: Mapping[str, torch.Tensor], ctx: StageContext) -> State:
+        """Server side: undo what `encode` did that the server can undo (`like`: the
+        expected names, shapes and dtypes of the result)."""
+        ...
+
+    def server_postprocess(self, aggregate: Aggregate, server_round: int) -> Aggregate:
+        """Server side, after the strategy's reduce: transform the aggregate."""
         ...
 
 
-class ClipNorm:
-    """Scale the whole update down to L2 norm at most `clip_norm` (identity on the server).
+class StageBase:
+    """Identity on the server: no decode, no postprocess. Subclasses set name and kind."""
 
-    The building block of client-level DP (McMahan et al. 2018,
-    https://arxiv.org/abs/1710.06963) and a cheap guard against exploding updates.
-    """
+    name = "base"
+    kind = StageKind.COMPRESS
 
-    name = "clip"
-    stage = "clip"
-
-    def __init__(self, clip_norm: float) -> None:
-        if clip_norm <= 0:
-            raise ConfigError(f"pipeline.clip_norm must be > 0, got {clip_norm}")
-        self.clip_norm = clip_norm
-
-    def encode(self, update: State, ctx: TransformContext) -> State:
-        """Scale by min(1, clip_norm / ||update||)."""
-        norm = global_norm(update)
-        if norm <= self.clip_norm:
-            return update
-        factor = self.clip_norm / norm
-        return {k: v * factor for k, v in update.items()}
-
-    def decode(self, update: State, ctx: TransformContext) -> State:
-        """Clipping cannot be undone and need not be."""
+    def decode(self, update: State, like: Mapping[str, torch.Tensor], ctx: StageContext) -> State:
+        """Nothing to undo."""
+        del like, ctx
         return update
 
+    def server_postprocess(self, aggregate: Aggregate, server_round: int) -> Aggregate:
+        """Nothing to do."""
+        del server_round
+        return aggregate
 
-class Float16:
-    """Send float tensors as float16 (half the bytes); the server casts back to float32."""
 
-    name = "fp16"
-    stage = "compress"
+def check_order(stages: Sequence[Stage], where: str) -> None:
+    """Refuse a pipeline whose stage kinds decrease.
 
-    def encode(self, update: State, ctx: TransformContext) -> State:
-        """Cast floating tensors to float16."""
-        return {k: v.half() if v.is_floating_point() else v for k, v in update.items()}
-
-    def decode(self, update: State, ctx: TransformContext) -> State:
-        """Cast float16 tensors back to float32."""
-        return {k: v.float() if v.dtype == torch.float16 else v for k, v in update.items()}
+    Raises:
+        ConfigError: naming the two stages and the valid order.
+    """
+    for a, b in pairwise(stages):
+        if b.kind < a.kind:
+            order = " < ".join(k.name.lower() for k in StageKind)
+            raise ConfigError(
+                f"{where}: {b.name!r} ({b.kind.name.lower()}) cannot come after "
+                f"{a.name!r} ({a.kind.name.lower()}); valid order: {order}"
+            )
 
 
 class Pipeline:
-    """An ordered list of transforms plus safetensors (de)serialisation.
+    """An ordered list of stages plus safetensors (de)serialisation.
 
     Args:
-        transforms: applied in this order on the client, in reverse on the server.
-        seed: the run's seed, passed to transforms through `TransformContext`.
+        stages: applied in this order on the client, inverted in reverse on the server.
+        seed: the run's seed, passed to stages through `StageContext`.
         max_bytes: largest payload the server accepts.
+        where: the config key, for error messages.
 
     Raises:
-        ConfigError: the order is invalid (a stage comes after a later stage).
+        ConfigError: the order is invalid.
     """
 
     def __init__(
-        self, transforms: Sequence[UpdateTransform] = (), seed: int = 0, max_bytes: int = 2**28
+        self,
+        stages: Sequence[Stage] = (),
+        seed: int = 0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        where: str = "pipeline.uplink",
     ) -> None:
-        ranks = []
-        for t in transforms:
-            if t.stage not in STAGES:
-                raise ConfigError(f"pipeline: transform {t.name!r} has unknown stage {t.stage!r}")
-            ranks.append(STAGES.index(t.stage))
-        for i in range(1, len(ranks)):
-            if ranks[i] < ranks[i - 1]:
-                a, b = transforms[i - 1], transforms[i]
-                raise ConfigError(
-                    f"pipeline.transforms: {b.name!r} ({b.stage}) cannot come after "
-                    f"{a.name!r} ({a.stage}); valid stage order: {' < '.join(STAGES)}"
-                )
-        self.transforms = list(transforms)
+        check_order(stages, where)
+        self.stages = list(stages)
         self.seed = seed
         self.max_bytes = max_bytes
 
-    def encode(self, update: State, client_id: int, server_round: int) -> bytes:
-        """Client side: run every transform, then serialise."""
-        ctx = TransformContext(client_id, server_round, self.seed)
-        for t in self.transforms:
-            update = t.encode(update, ctx)
-        return to_bytes(update)
+    def context(
+        self,
+        client_id: int,
+        server_round: int,
+        stream: str = "update",
+        store: ClientStateStore | None = None,
+    ) -> StageContext:
+        """The context stages see for this client, round and stream."""
+        return StageContext(client_id, server_round, self.seed, stream, store)
 
-    def decode(
-        self, payload: bytes, like: Mapping[str, torch.Tensor], client_id: int, server_round: int
-    ) -> State:
+    def encode(self, update: State, ctx: StageContext) -> tuple[bytes, dict[str, float]]:
+        """Client side: run every stage, then serialise; metrics are `<stage>/<name>`."""
+        metrics: dict[str, float] = {}
+        for stage in self.stages:
+            update, stage_metrics = stage.encode(update, ctx)
+            metrics.update({f"{stage.name}/{k}": v for k, v in stage_metrics.items()})
+        return to_bytes(update), metrics
+
+    def decode(self, payload: bytes, like: Mapping[str, torch.Tensor], ctx: StageContext) -> State:
         """Server side: parse untrusted bytes, run the inverses, check against `like`.
 
         Raises:
-            TransportError: oversized, unparsable, non-finite, or not shaped like `like`.
+            TransportError: oversized, unparsable, non-finite, of a dtype the pipeline does
+                not produce, or not shaped like `like`.
         """
         update = from_bytes(payload, max_bytes=self.max_bytes)
-        ctx = TransformContext(client_id, server_round, self.seed)
-        for t in reversed(self.transforms):
-            update = t.decode(update, ctx)
-        return shaped_like(update, like, who=f"client {client_id} update")
+        for stage in reversed(self.stages):
+            update = stage.decode(update, like, ctx)
+        return shaped_like(update, like, who=f"client {ctx.client_id} {ctx.stream}")
+
+    def server_postprocess(self, aggregate: Aggregate, server_round: int) -> Aggregate:
+        """Every stage's server hook on the aggregate, last stage first."""
+        for stage in reversed(self.stages):
+            aggregate = stage.server_postprocess(aggregate, server_round)
+        return aggregate
 
 
-TRANSFORMS = ("clip", "fp16")
+@dataclass(frozen=True)
+class Broadcast:
+    """The global state as the server sends it this round.
+
+    Attributes:
+        payload: the downlink pipeline's bytes (what a remote client receives).
+        state: what a client decodes from them (in-process backends use it directly).
+    """
+
+    payload: bytes
+    state: State
 
 
-def build_pipeline(names: Sequence[str], clip_norm: float, seed: int) -> Pipeline:
-    """Build a pipeline from config names (`TRANSFORMS`)."""
-    made: list[UpdateTransform] = []
-    for name in names:
-        if name == "clip":
-            made.append(ClipNorm(clip_norm))
-        elif name == "fp16":
-            made.append(Float16())
-        else:
-            raise ConfigError(
-                f"pipeline.transforms: {name!r} is not one of {', '.join(TRANSFORMS)}"
-            )
-    return Pipeline(made, seed=seed)
+def encode_broadcast(downlink: Pipeline, state: State, server_round: int) -> Broadcast:
+    """Encode the global state once for every client of the round.
+
+    Raises:
+        TransportError: the downlink produced something it cannot decode.
+    """
+    ctx = downlink.context(-1, server_round, "broadcast")
+    payload, _ = downlink.encode(state, ctx)
+    if not downlink.stages:  # lossless: clients get exactly the global state
+        return Broadcast(payload, state)
+    try:
+        return Broadcast(payload, downlink.decode(payload, state, ctx))
+    except TransportError as exc:
+        raise TransportError(
+            f"pipeline.downlink cannot round-trip the global state: {exc}"
+        ) from exc

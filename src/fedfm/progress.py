@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedfm.core import ClientUpdate
+from fedfm.messages import FitReply
+from fedfm.records import RoundRecord
 
 
 class RichProgress:
@@ -45,15 +44,15 @@ class RichProgress:
         self.bar.reset(self.clients, total=num_clients, visible=True, info="")
         self.bar.update(self.clients, description=f"round {server_round}")
 
-    def client_done(self, update: ClientUpdate) -> None:
+    def client_done(self, reply: FitReply) -> None:
         """Advance the clients bar."""
-        info = f"client {update.client_id}" + (" FAILED" if update.has_error() else "")
+        info = f"client {reply.client_id}" + ("" if reply.ok else " FAILED")
         self.bar.advance(self.clients)
         self.bar.update(self.clients, info=info)
 
-    def round_done(self, record: dict[str, Any]) -> None:
+    def round_done(self, record: RoundRecord) -> None:
         """Advance the rounds bar and show the latest accuracy."""
-        acc = record.get("accuracy")
+        acc = record.central.get("accuracy")
         info = "" if acc is None else f"acc {acc:.4f}"
         self.bar.advance(self.rounds)
         self.bar.update(self.rounds, info=info)

@@ -27,7 +27,7 @@ def test_eval_batches_are_sorted_and_deterministic():
 
 def test_collate_pads_to_longest_with_mask():
     ds = TextDataset([np.array([5, 6, 7]), np.array([8])], np.array([1, 0]), None, ("a", "b"), "t")
-    ids, mask, labels = collate(ds, np.array([0, 1]))
-    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    ids, mask, labels = collate(ds, np.array([0, 1]), pad_id=3)
+    assert ids.tolist() == [[5, 6, 7], [8, 3, 3]]
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert labels.tolist() == [1, 0]

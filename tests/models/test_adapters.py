@@ -60,7 +60,8 @@ def test_prompt_tuning_trains_and_changes_only_prompt_and_head():
     mask = torch.ones_like(ids)
     opt = torch.optim.SGD(model.params.values(), lr=0.5)
     # Execute
-    loss = torch.nn.functional.cross_entropy(model.logits(ids, mask), torch.tensor([0, 1, 0, 1]))
+    logits = model.module(input_ids=ids, attention_mask=mask).logits
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0, 1]))
     loss.backward()
     opt.step()
     # Assert
@@ -72,3 +73,19 @@ def test_prompt_tuning_trains_and_changes_only_prompt_and_head():
 def test_unknown_lora_target_lists_the_linear_modules():
     with pytest.raises(ConfigError, match=r"adapter\.target_modules.*linear modules: .*query"):
         make_trainable(build_model("tiny-bert", 2), AdapterConfig(target_modules=["qkv"]))
+
+
+def test_lora_on_a_plain_module_trains_the_task_head_too():
+    # Prepare: the digits MLP (no transformers), LoRA on fc1/fc2 and its head saved
+    from fedfm.tasks.digits import DigitsMLP
+
+    torch.manual_seed(0)
+    # Execute
+    model = TrainableModel(
+        make_trainable(DigitsMLP(8), AdapterConfig(r=2), None, ("head.",), ("fc1", "fc2"))
+    )
+    # Assert
+    names = list(model.params)
+    assert any("fc1.lora_A" in n for n in names) and any("fc2.lora_B" in n for n in names)
+    assert any("head" in n and "modules_to_save" in n for n in names)
+    assert not any("fc1.base_layer" in n for n in names)

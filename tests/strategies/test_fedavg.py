@@ -4,10 +4,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedfm.core import FitResult
 from fedfm.errors import NotEnoughClientsError
-from fedfm.strategies.base import ClientSampler
-from fedfm.strategies.fedavg import FedAvg, weighted_mean
+from fedfm.messages import FitResult
+from fedfm.state import weighted_mean
+from fedfm.strategies.base import ClientSampler, aggregate
+from fedfm.strategies.fedavg import FedAvg
 
 
 def test_weighted_mean_closed_form():
@@ -19,15 +20,22 @@ def test_weighted_mean_closed_form():
     assert torch.allclose(out["x"], torch.tensor([3.0, 2.0]))
 
 
-def test_fedavg_adds_the_example_weighted_mean_update():
-    strategy = FedAvg(ClientSampler(2))
-    glob = {"x": torch.tensor([10.0])}
+@pytest.mark.parametrize("server_lr", [1.0, 0.5])
+def test_fedavg_adds_the_example_weighted_mean_update(server_lr):
+    # Prepare: three updates whose weighted mean differs from each of them
+    strategy = FedAvg(ClientSampler(3), server_lr=server_lr)
+    glob = {"x": torch.tensor([10.0, -1.0])}
     results = [
-        FitResult(0, 30, {"x": torch.tensor([1.0])}),
-        FitResult(1, 10, {"x": torch.tensor([-3.0])}),
+        FitResult(0, 30, {"x": torch.tensor([2.0, 1.0])}),
+        FitResult(1, 10, {"x": torch.tensor([-6.0, 5.0])}),
+        FitResult(2, 20, {"x": torch.tensor([4.0, -4.0])}),
     ]
-    out = strategy.aggregate_fit(1, glob, results)
-    assert torch.allclose(out["x"], torch.tensor([10.0]))
+    # Execute
+    out = aggregate(strategy, 1, glob, results)
+    # Assert: mean = (60 - 60 + 80) / 60, (30 + 50 - 80) / 60 = (4/3, 0)
+    expected = torch.tensor([10.0 + server_lr * 4.0 / 3.0, -1.0])
+    assert torch.allclose(out["x"], expected)
+    assert not any(torch.allclose(out["x"], glob["x"] + r.update["x"]) for r in results)
 
 
 @settings(max_examples=30, deadline=None)
@@ -47,9 +55,10 @@ def test_fedavg_is_order_invariant_and_equal_weights_give_the_mean(items, rnd):
     assert float(plain["x"]) == pytest.approx(np.mean([v for v, _ in items]), abs=1e-4)
 
 
-def test_weighted_mean_rejects_bad_weights():
+@pytest.mark.parametrize("weights", [[0], [-1, 2], [float("nan"), 1], [float("inf"), 1]])
+def test_weighted_mean_rejects_bad_weights(weights):
     with pytest.raises(ValueError, match="positive sum"):
-        weighted_mean([{"x": torch.zeros(1)}], [0])
+        weighted_mean([{"x": torch.zeros(1)}] * len(weights), weights)
 
 
 def test_sampler_count_fraction_minimum_and_error():

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedfm.core import FitResult
+from fedfm.messages import FitResult
 from fedfm.state import from_bytes, to_bytes
-from fedfm.strategies.base import ClientSampler
+from fedfm.strategies.base import ClientSampler, aggregate
 from fedfm.strategies.fedopt import (
     FedAdagrad,
     FedAdam,
@@ -39,8 +39,8 @@ ROUND2 = [
 
 
 def _two_rounds(strategy: FedOpt | FedAvgM) -> tuple[list[float], list[float]]:
-    x1 = strategy.aggregate_fit(1, X0, ROUND1)
-    x2 = strategy.aggregate_fit(2, x1, ROUND2)
+    x1 = aggregate(strategy, 1, X0, ROUND1)
+    x2 = aggregate(strategy, 2, x1, ROUND2)
     return x1["w"].tolist(), x2["w"].tolist()
 
 
@@ -115,7 +115,7 @@ def test_fedopt_step_pure_matches_class() -> None:
     x1, m, v = fedopt_step(
         X0, delta, None, None, method="adam", server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.01
     )
-    from_class = FedAdam(SAMPLER, server_lr=0.1, tau=0.01).aggregate_fit(1, X0, ROUND1)
+    from_class = aggregate(FedAdam(SAMPLER, server_lr=0.1, tau=0.01), 1, X0, ROUND1)
     # Assert
     assert torch.allclose(x1["w"], from_class["w"], rtol=0, atol=1e-15)
     assert torch.allclose(m["w"], 0.1 * delta["w"])
@@ -135,7 +135,7 @@ def test_half_precision_state_keeps_dtype_and_float32_moments() -> None:
     results = [FitResult(0, 1, {"w": torch.full((3,), 0.5, dtype=torch.bfloat16)})]
     strategy = FedAdam(SAMPLER)
     # Execute
-    new = strategy.aggregate_fit(1, x, results)
+    new = aggregate(strategy, 1, x, results)
     # Assert
     assert new["w"].dtype == torch.bfloat16
     assert strategy.m_ is not None and strategy.m_["w"].dtype == torch.float32
@@ -164,13 +164,13 @@ def test_resume_is_bit_identical(name: str) -> None:
     full = FACTORIES[name]()
     x = x0
     for rnd in (1, 2):
-        x = full.aggregate_fit(rnd, x, _random_round(rnd))
+        x = aggregate(full, rnd, x, _random_round(rnd))
     saved = full.state_dict()
-    expected = full.aggregate_fit(3, x, _random_round(3))
+    expected = aggregate(full, 3, x, _random_round(3))
     # Execute: a fresh instance restored from a safetensors round trip of the state.
     resumed = FACTORIES[name]()
     resumed.load_state_dict(from_bytes(to_bytes(saved)))
-    got = resumed.aggregate_fit(3, x, _random_round(3))
+    got = aggregate(resumed, 3, x, _random_round(3))
     # Assert
     assert saved and all(isinstance(v, torch.Tensor) for v in saved.values())
     assert all(k.split("/", 1)[0] in {"m", "v"} for k in saved)
@@ -180,7 +180,7 @@ def test_resume_is_bit_identical(name: str) -> None:
 
 def test_empty_state_dict_before_first_round_resets() -> None:
     strategy = FedAdam(SAMPLER)
-    strategy.aggregate_fit(1, {"a": torch.zeros(4, 3), "b": torch.ones(2)}, _random_round(1))
+    aggregate(strategy, 1, {"a": torch.zeros(4, 3), "b": torch.ones(2)}, _random_round(1))
     strategy.load_state_dict(FedAdam(SAMPLER).state_dict())
     assert strategy.m_ is None and strategy.v_ is None
 
@@ -199,8 +199,8 @@ def test_client_order_does_not_matter(name: str, rows: list[list[float]], seed: 
     results = [FitResult(c, c + 1, {"w": torch.tensor(r)}) for c, r in enumerate(rows)]
     perm = np.random.default_rng(seed).permutation(len(results))
     # Execute
-    a = FACTORIES[name]().aggregate_fit(1, x0, results)
-    b = FACTORIES[name]().aggregate_fit(1, x0, [results[i] for i in perm])
+    a = aggregate(FACTORIES[name](), 1, x0, results)
+    b = aggregate(FACTORIES[name](), 1, x0, [results[i] for i in perm])
     # Assert
     assert torch.equal(a["w"], b["w"])
 
@@ -215,7 +215,7 @@ def test_equal_weights_give_the_plain_mean(rows: list[list[float]], weight: int)
         for c, r in enumerate(rows)
     ]
     # Execute
-    new = FedAvgM(SAMPLER, server_lr=1.0, momentum=0.0).aggregate_fit(1, x0, results)
+    new = aggregate(FedAvgM(SAMPLER, server_lr=1.0, momentum=0.0), 1, x0, results)
     # Assert
     want = torch.tensor(rows, dtype=torch.float64).mean(dim=0)
     assert torch.allclose(new["w"], want, atol=1e-12)

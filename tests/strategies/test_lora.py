@@ -11,14 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedfm.core import FitResult
+from fedfm.messages import FitResult
 from fedfm.state import State, from_bytes, subtract, to_bytes
-from fedfm.strategies.base import ClientSampler, Strategy
-from fedfm.strategies.lora import (
-    ExactLoRA,
-    FFALoRA,
-    FlexLoRA,
-    HetLoRA,
+from fedfm.strategies.base import ClientSampler, Strategy, aggregate
+from fedfm.strategies.lora import ExactLoRA, FFALoRA, FlexLoRA, HetLoRA
+from fedfm.strategies.lora_math import (
     exact_aggregate,
     factorise,
     ffa_trainable_keys,
@@ -214,7 +211,7 @@ def test_exact_lora_strategy_aggregates_client_states() -> None:
     news = [lora_state(2, 1), lora_state(2, 2)]
     results = [FitResult(c, 10 + c, subtract(s, glob)) for c, s in enumerate(news)]
     # Execute
-    out = ExactLoRA(ClientSampler(clients_per_round=2)).aggregate_fit(1, glob, results)
+    out = aggregate(ExactLoRA(ClientSampler(clients_per_round=2)), 1, glob, results)
     # Assert
     want = exact_aggregate(news, [10, 11])
     for p in PREFIXES:
@@ -241,7 +238,7 @@ def test_ffa_lora_keeps_a_and_averages_b_exactly() -> None:
     upd1 = {k: torch.randn(glob[k].shape, generator=g) for k in ffa_trainable_keys(glob)}
     results = [FitResult(0, 1, upd0), FitResult(1, 3, upd1)]
     # Execute
-    out = FFALoRA(ClientSampler(clients_per_round=2)).aggregate_fit(1, glob, results)
+    out = aggregate(FFALoRA(ClientSampler(clients_per_round=2)), 1, glob, results)
     # Assert
     for p in PREFIXES:
         assert torch.equal(out[_a(p)], glob[_a(p)])
@@ -258,7 +255,7 @@ def test_ffa_lora_works_when_a_is_not_in_the_state() -> None:
     glob = {k: v for k, v in lora_state(2, 0).items() if k not in frozen_keys(lora_state(2, 0))}
     upd = {k: torch.ones_like(v) for k, v in glob.items()}
     # Execute
-    out = FFALoRA(ClientSampler(clients_per_round=1)).aggregate_fit(1, glob, [FitResult(0, 1, upd)])
+    out = aggregate(FFALoRA(ClientSampler(clients_per_round=1)), 1, glob, [FitResult(0, 1, upd)])
     # Assert
     assert list(out) == list(glob) and all(torch.equal(out[k], glob[k] + 1) for k in glob)
 
@@ -267,8 +264,8 @@ def test_ffa_lora_ignores_and_warns_about_moved_a() -> None:
     glob = lora_state(2, 0)
     upd = {k: torch.ones_like(v) for k, v in glob.items()}
     with pytest.warns(UserWarning, match="frozen lora_A"):
-        out = FFALoRA(ClientSampler(clients_per_round=1)).aggregate_fit(
-            1, glob, [FitResult(7, 1, upd)]
+        out = aggregate(
+            FFALoRA(ClientSampler(clients_per_round=1)), 1, glob, [FitResult(7, 1, upd)]
         )
     assert all(torch.equal(out[k], glob[k]) for k in frozen_keys(glob))
 
@@ -295,7 +292,7 @@ RANKS = [2, 4, 8]
 
 
 def _run_round(strategy: HetLoRA | FlexLoRA, rnd: int, glob: State) -> tuple[list, State]:
-    fits = strategy.configure_fit(rnd, [0, 1, 2], np.random.default_rng(rnd))
+    fits = strategy.configure(rnd, [0, 1, 2], np.random.default_rng(rnd))
     results = []
     for fit in fits:
         assert fit.state is not None
@@ -303,7 +300,7 @@ def _run_round(strategy: HetLoRA | FlexLoRA, rnd: int, glob: State) -> tuple[lis
         # Sorted keys: the draws must not depend on key order (safetensors loads sorted).
         upd = {k: 0.1 * torch.randn(fit.state[k].shape, generator=g) for k in sorted(fit.state)}
         results.append(FitResult(fit.client_id, 10 * (fit.client_id + 1), upd))
-    return fits, strategy.aggregate_fit(rnd, glob, results)
+    return fits, aggregate(strategy, rnd, glob, results)
 
 
 @pytest.mark.parametrize("cls", [HetLoRA, FlexLoRA])
@@ -336,7 +333,7 @@ def test_hetlora_zero_pads_and_weights_by_examples() -> None:
     results = [FitResult(c, n, u) for c, (n, u) in enumerate(zip([1, 1, 2], upds, strict=True))]
     a = _a(PREFIXES[0])
     # Execute
-    out = strategy.aggregate_fit(1, glob, results)
+    out = aggregate(strategy, 1, glob, results)
     # Assert: row 0 of A is shared by all three, row 5 only by the rank-8 client.
     news = [{k: starts[i][k] + upds[i][k] for k in starts[i]} for i in range(3)]
     row0 = (news[0][a][0] + news[1][a][0] + 2 * news[2][a][0]) / 4
@@ -348,7 +345,7 @@ def test_hetlora_zero_pads_and_weights_by_examples() -> None:
 def test_hetlora_checks() -> None:
     strategy = HetLoRA(ClientSampler(clients_per_round=1), ranks=[2, 16])
     with pytest.raises(RuntimeError, match="initialize"):
-        strategy.configure_fit(1, [0], np.random.default_rng(0))
+        strategy.configure(1, [0], np.random.default_rng(0))
     with pytest.raises(ValueError, match="largest client rank 16"):
         strategy.initialize(lora_state(8, 0))
     ok = HetLoRA(ClientSampler(clients_per_round=1), ranks=[2, 4])
@@ -357,7 +354,7 @@ def test_hetlora_checks() -> None:
         ok.client_state(5)
     bad = {k: torch.zeros_like(v) for k, v in lora_state(8, 0).items()}
     with pytest.raises(ValueError, match=r"client 1 \(rank 4\) sent"):
-        ok.aggregate_fit(1, lora_state(8, 0), [FitResult(1, 1, bad)])
+        aggregate(ok, 1, lora_state(8, 0), [FitResult(1, 1, bad)])
 
 
 # ---- FlexLoRA --------------------------------------------------------------------------
@@ -376,7 +373,7 @@ def test_flexlora_averages_full_products_and_svds_to_each_rank() -> None:
         assert torch.equal(fit.state[_a(PREFIXES[0])], _initial_a(r))
     # W is the example-weighted mean of the clients' products.
     assert strategy.products_ is not None
-    fits2 = strategy.configure_fit(2, [0, 1, 2], np.random.default_rng(2))
+    fits2 = strategy.configure(2, [0, 1, 2], np.random.default_rng(2))
     for p in PREFIXES:
         w = strategy.products_[p]
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
@@ -402,7 +399,7 @@ def test_flexlora_products_are_the_weighted_mean() -> None:
         FitResult(9, 3, subtract(news[1], glob)),
         FitResult(3, 1, subtract(news[0], truncate_rank(glob, 2))),
     ]
-    strategy.aggregate_fit(1, glob, results)
+    aggregate(strategy, 1, glob, results)
     assert strategy.products_ is not None
     for p in PREFIXES:
         want = (lora_product(news[0], p) + 3 * lora_product(news[1], p)) / 4
@@ -469,8 +466,8 @@ def test_strategies_ignore_client_order(name: str, seed: int, perm: list[int]) -
             upd.update({k: torch.zeros_like(glob[k]) for k in frozen_keys(glob)})
         results.append(FitResult(c, c + 1, upd))
     # Execute
-    a = strategy.aggregate_fit(1, glob, results)
-    b = FACTORIES[name]().aggregate_fit(1, glob, [results[i] for i in perm])
+    a = aggregate(strategy, 1, glob, results)
+    b = aggregate(FACTORIES[name](), 1, glob, [results[i] for i in perm])
     # Assert
     assert all(torch.equal(a[k], b[k]) for k in a)
 

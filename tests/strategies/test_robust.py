@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedfm.core import FitResult
+from fedfm.messages import FitResult
 from fedfm.state import State, global_norm
-from fedfm.strategies.base import ClientSampler
+from fedfm.strategies.base import ClientSampler, aggregate
 from fedfm.strategies.fedavg import FedAvg
 from fedfm.strategies.fedopt import FedAdam
 from fedfm.strategies.robust import (
@@ -122,8 +122,8 @@ def test_krum_strategies_apply_server_lr() -> None:
     results = [FitResult(c, 10**c, u) for c, u in enumerate(_honest_and_outliers())]
     zero = {"a": torch.zeros(1), "b.weight": torch.zeros(2)}
     # Execute
-    new = MultiKrum(SAMPLER, num_byzantine=2, server_lr=0.5).aggregate_fit(1, zero, results)
-    one = Krum(SAMPLER, num_byzantine=2).aggregate_fit(1, zero, results)
+    new = aggregate(MultiKrum(SAMPLER, num_byzantine=2, server_lr=0.5), 1, zero, results)
+    one = aggregate(Krum(SAMPLER, num_byzantine=2), 1, zero, results)
     # Assert: weights are ignored (client 4, an outlier, claims 10^4 examples).
     want = [0.5 * v for v in _vec(multi_krum(_honest_and_outliers(), 2, 5))]
     assert _vec(new) == pytest.approx(want)
@@ -133,8 +133,8 @@ def test_krum_strategies_apply_server_lr() -> None:
 def test_median_and_trimmed_mean_strategies() -> None:
     results = [FitResult(c, 1, s) for c, s in enumerate(_states([[1, 2, 3], [2, 3, 4], [9, 9, 9]]))]
     zero = {"a": torch.ones(1), "b.weight": torch.ones(2)}
-    assert _vec(Median(SAMPLER, server_lr=2.0).aggregate_fit(1, zero, results)) == [5, 7, 9]
-    assert _vec(TrimmedMean(SAMPLER, beta=0.34).aggregate_fit(1, zero, results)) == [3, 4, 5]
+    assert _vec(aggregate(Median(SAMPLER, server_lr=2.0), 1, zero, results)) == [5, 7, 9]
+    assert _vec(aggregate(TrimmedMean(SAMPLER, beta=0.34), 1, zero, results)) == [3, 4, 5]
     with pytest.raises(ValueError, match="beta"):
         TrimmedMean(SAMPLER, beta=-0.1)
 
@@ -155,8 +155,8 @@ def test_norm_bound_clips_then_delegates() -> None:
     results = [FitResult(0, 1, big), FitResult(1, 1, small)]
     strategy = NormBound(FedAvg(SAMPLER), max_norm=1.0)
     # Execute
-    new = strategy.aggregate_fit(1, zero, results)
-    fits = strategy.configure_fit(1, [0, 1, 2, 3], np.random.default_rng(0))
+    new = aggregate(strategy, 1, zero, results)
+    fits = strategy.configure(1, [0, 1, 2, 3], np.random.default_rng(0))
     # Assert: mean of [0.6, 0.8, 0] and [0.3, 0.4, 0].
     assert _vec(new) == pytest.approx([0.45, 0.6, 0.0])
     assert len(fits) == 3 and strategy.name == "normbound+fedavg"
@@ -169,7 +169,7 @@ def test_norm_bound_delegates_state() -> None:
     zero = {"a": torch.zeros(1), "b.weight": torch.zeros(2)}
     results = [FitResult(0, 1, _states([[1, 2, 3]])[0])]
     strategy = NormBound(FedAdam(SAMPLER), max_norm=1.0)
-    strategy.aggregate_fit(1, zero, results)
+    aggregate(strategy, 1, zero, results)
     # Execute
     saved = strategy.state_dict()
     other = NormBound(FedAdam(SAMPLER), max_norm=1.0)

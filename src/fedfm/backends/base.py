@@ -1,45 +1,49 @@
-"""The `Backend` interface: runs client work and returns encoded updates.
+"""The `Backend` interface: moves tasks to clients and replies back, and nothing else.
 
-The round loop does not know which backend runs: in-process (one model, states swapped in
-and out), torch.distributed, Ray or gRPC all take `FitIns` and return `ClientUpdate`s, with
-failures as values (`ClientUpdate.error`), never as exceptions that kill a round.
+The round loop does not know which backend runs: in-process (a loop over one
+`ClientRuntime`), torch.distributed, Ray or gRPC all take `FitTask`s / `EvalTask`s and return
+`FitReply`s / `EvalReply`s, with failures as values, never as exceptions that kill a round.
+A backend is a context manager, so processes, actors and servers are released on error too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Protocol
 
-from fedfm.core import ClientUpdate, FitIns
+from fedfm.messages import EvalReply, EvalTask, FitReply, FitTask
+from fedfm.pipeline import Broadcast
 from fedfm.state import State
 
-OnResult = Callable[[ClientUpdate], None]
+OnResult = Callable[[FitReply], None]
 
 
 class Backend(Protocol):
     """Runs client work."""
 
+    def __enter__(self) -> Backend:
+        """Start workers (processes, actors, servers)."""
+        ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Release them, also on error."""
+        ...
+
     def fit(
         self,
-        global_state: State,
-        instructions: Sequence[FitIns],
+        broadcast: Broadcast,
+        tasks: Sequence[FitTask],
         on_result: OnResult | None = None,
-    ) -> list[ClientUpdate]:
-        """Train every instructed client from its starting state; one result per client."""
+    ) -> list[FitReply]:
+        """Train every asked client from the broadcast (or its own start state)."""
         ...
 
-    def evaluate_clients(
-        self, state: State, client_ids: Sequence[int]
-    ) -> dict[int, dict[str, float]]:
-        """Evaluate `state` on each client's local test split."""
-        ...
-
-    def personalize_clients(
-        self, state: State, client_ids: Sequence[int], steps: int, server_round: int
-    ) -> dict[int, dict[str, float]]:
-        """Fine-tune `state` locally for `steps` steps on each client and evaluate locally."""
-        ...
-
-    def close(self) -> None:
-        """Release processes, actors or connections."""
+    def evaluate(self, state: State, tasks: Sequence[EvalTask]) -> list[EvalReply]:
+        """Evaluate `state` on each asked client's local test split."""
         ...

@@ -1,28 +1,43 @@
-"""Local training on one client: a plain PyTorch loop over length-bucketed batches."""
+"""Local training, task-agnostic: batches, a loss and an optimiser go in, steps come out.
+
+The loop knows nothing of the problem: the task supplies batches and the loss, the caller
+supplies the optimiser (so DP-SGD or a continuing optimiser slot in), and hooks add loss
+terms (FedProx) and gradient hooks (SCAFFOLD) without branches here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fedfm.config import ClientConfig
-from fedfm.core import Scalar
-from fedfm.data.batching import bucketed_batches, collate
-from fedfm.data.datasets import TextDataset
-from fedfm.models.trainable import TrainableModel
-from fedfm.state import State
+from fedfm.client.hooks import GradHook, LossTerm
+from fedfm.tasks.base import Batch
+
+# One epoch's batches, drawn with the given generator.
+BatchSource = Callable[[np.random.Generator], Iterable[Batch]]
+Loss = Callable[[torch.nn.Module, Batch], torch.Tensor]
 
 
 def make_optimizer(
-    params: list[torch.nn.Parameter], cfg: ClientConfig, lr: float
+    params: Sequence[torch.nn.Parameter],
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD (with momentum) over the trainable parameters."""
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    """AdamW or SGD (with momentum) over `params`.
+
+    Raises:
+        ValueError: an unknown optimiser name.
+    """
+    if name == "adamw":
+        return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"client.optimizer must be 'adamw' or 'sgd', got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -30,100 +45,73 @@ class LocalResult:
     """What local training produced besides the new parameters.
 
     Attributes:
-        metrics: `train_loss` (mean over steps), `steps`, `num_examples`.
-        mean_grad: the mean minibatch gradient (before any correction), when asked for.
+        train_loss: mean task loss over the steps (without hook loss terms); NaN if none.
+        steps: optimiser steps taken.
     """
 
-    metrics: dict[str, float]
-    mean_grad: State | None = None
+    train_loss: float
+    steps: int
 
 
 def local_train(
-    model: TrainableModel,
-    dataset: TextDataset,
-    indices: np.ndarray,
-    cfg: ClientConfig,
-    overrides: Mapping[str, Scalar],
-    seeds: list[int],
-    grad_correction: State | None = None,
-    track_mean_grad: bool = False,
-    optimizer: torch.optim.Optimizer | None = None,
+    module: torch.nn.Module,
+    params: dict[str, torch.nn.Parameter],
+    batches: BatchSource,
+    loss_fn: Loss,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    max_steps: int | None,
+    seeds: Sequence[int],
+    grad_clip: float | None = None,
+    loss_terms: Sequence[LossTerm] = (),
+    grad_hooks: Sequence[GradHook] = (),
 ) -> LocalResult:
-    """Train the model's trainable parameters in place on `indices`.
+    """Train `params` of `module` in place.
 
-    The caller has loaded the starting state into `model`. Randomness (batch order,
-    dropout) comes only from `seeds`, so a client's work is the same whenever it runs.
+    Randomness (batch order, dropout) comes only from `seeds`: the generator
+    `np.random.default_rng(seeds)` first seeds torch (dropout) under a forked global RNG,
+    then draws each epoch's batches, so a client's work is the same whenever it runs.
 
     Args:
-        model: the model, holding the starting state.
-        dataset: the tokenised dataset.
-        indices: this client's training examples.
-        cfg: the client config.
-        overrides: per-round settings from the strategy: `lr`, `epochs`, `max_steps`,
-            `proximal_mu` (FedProx, https://arxiv.org/abs/1812.06127).
+        module: the model, holding the starting state.
+        params: its trainable parameters by name.
+        batches: one epoch's batches for a generator.
+        loss_fn: the task's loss of a batch.
+        optimizer: the optimiser over `params`.
+        epochs: passes over the data.
+        max_steps: stop after this many steps (`None`: no cap).
         seeds: entropy for this client and round, e.g. `[seed, server_round, client_id]`.
-        grad_correction: added to each gradient before the step (SCAFFOLD's c - c_i).
-        track_mean_grad: also return the mean clipped minibatch gradient.
-        optimizer: continue with this optimiser (centralised baseline) instead of a
-            fresh one, as federated clients use each round.
+        grad_clip: clip the global gradient norm to this (`None`: no clipping).
+        loss_terms: added to the loss at every step.
+        grad_hooks: run after clipping, before every optimiser step.
 
     Returns:
-        The metrics, and the mean gradient when asked for.
+        The mean training loss and the number of steps.
     """
-    lr = float(overrides.get("lr", cfg.lr))
-    epochs = int(overrides.get("epochs", cfg.epochs))
-    max_steps = overrides.get("max_steps", cfg.max_steps)
-    mu = float(overrides.get("proximal_mu", 0.0))
-    rng = np.random.default_rng(seeds)
-    torch.manual_seed(int(rng.integers(2**62)))  # dropout
-    params = list(model.params.values())
-    anchor: State | None = model.get_state() if mu > 0 else None
-    grad_sum: State | None = (
-        {n: torch.zeros_like(p) for n, p in model.params.items()} if track_mean_grad else None
-    )
-    opt = optimizer if optimizer is not None else make_optimizer(params, cfg, lr)
-    lengths = dataset.lengths
-    model.module.train()
+    rng = np.random.default_rng(list(seeds))
+    plist = list(params.values())
     losses: list[float] = []
     steps = 0
-    for _ in range(epochs):
-        for batch in bucketed_batches(lengths, indices, cfg.batch_size, rng):
-            ids, mask, labels = collate(dataset, batch)
-            loss = torch.nn.functional.cross_entropy(model.logits(ids, mask), labels)
-            losses.append(float(loss.detach()))
-            if anchor is not None:
-                prox = sum(((p - anchor[n]) ** 2).sum() for n, p in model.params.items())
-                loss = loss + 0.5 * mu * prox
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if grad_sum is not None or grad_correction is not None:
-                _adjust_grads(model, grad_sum, grad_correction)
-            opt.step()
-            steps += 1
-            if max_steps is not None and steps >= int(max_steps):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(2**62)))  # dropout
+        module.train()
+        for _ in range(epochs):
+            for batch in batches(rng):
+                loss = loss_fn(module, batch)
+                losses.append(float(loss.detach()))
+                for term in loss_terms:
+                    loss = loss + term(params)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(plist, grad_clip)
+                for hook in grad_hooks:
+                    hook(params)
+                optimizer.step()
+                steps += 1
+                if max_steps is not None and steps >= max_steps:
+                    break
+            if max_steps is not None and steps >= max_steps:
                 break
-        if max_steps is not None and steps >= int(max_steps):
-            break
-    metrics = {
-        "train_loss": float(np.mean(losses)) if losses else float("nan"),
-        "steps": float(steps),
-        "num_examples": float(len(indices)),
-    }
-    mean_grad = None
-    if grad_sum is not None:
-        mean_grad = {n: g / max(steps, 1) for n, g in grad_sum.items()}
-    return LocalResult(metrics, mean_grad)
-
-
-def _adjust_grads(model: TrainableModel, grad_sum: State | None, correction: State | None) -> None:
-    """Record the raw gradient, then add the correction in place."""
-    with torch.no_grad():
-        for name, param in model.params.items():
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-            if grad_sum is not None:
-                grad_sum[name].add_(param.grad)
-            if correction is not None:
-                param.grad.add_(correction[name])
+    return LocalResult(float(np.mean(losses)) if losses else float("nan"), steps)

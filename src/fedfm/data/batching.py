@@ -7,10 +7,13 @@ by length inside each chunk, cut into batches, and the batch order is shuffled.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from fedfm.data.datasets import TextDataset
+if TYPE_CHECKING:
+    from fedfm.data.datasets import TextDataset
 
 
 def bucketed_batches(
@@ -50,7 +53,7 @@ def bucketed_batches(
 def collate(
     dataset: TextDataset, batch: np.ndarray, pad_id: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad one batch to its longest example.
+    """Pad one batch to its longest example with `pad_id` (the tokenizer's).
 
     Returns:
         input_ids [b, L] int64, attention_mask [b, L] int64, labels [b] int64.

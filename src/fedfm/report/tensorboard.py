@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfm.errors import FedFMError
+from fedfm.records import RoundRecord
 from fedfm.report.metrics_io import is_number
 
 INSTALL_HINT = "TensorBoard logging needs the extra: pip install 'fedfm[tensorboard]'"
@@ -38,10 +39,11 @@ class TensorBoardCallback:
             raise FedFMError(INSTALL_HINT) from err
         self.writer_ = SummaryWriter(log_dir=str(self.log_dir))
 
-    def on_round_end(self, record: Mapping[str, Any]) -> None:
+    def on_round_end(self, record: RoundRecord | Mapping[str, Any]) -> None:
         """Log the record's numeric values at step `record["round"]`, and flush."""
-        step = int(record["round"])
-        for key, value in record.items():
+        flat = record.to_json() if isinstance(record, RoundRecord) else record
+        step = int(flat["round"])
+        for key, value in flat.items():
             if key != "round" and is_number(value):
                 self.writer_.add_scalar(key, float(value), global_step=step)
         self.writer_.flush()

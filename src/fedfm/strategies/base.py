@@ -1,43 +1,88 @@
-"""The `Strategy` interface and client sampling shared by all strategies.
+"""The `Strategy` interface, the `Aggregate` between its two halves, and client sampling.
 
-A strategy is pure: no I/O, no transport. `configure_fit` decides who trains with what
-settings; `aggregate_fit` turns validated updates into the next global state. Round-to-round
-state (server optimiser moments, control variates) is exposed through `state_dict` /
-`load_state_dict` so that checkpoints can store it.
+A strategy is pure: no I/O, no transport. `configure` decides who trains with what settings;
+`reduce` turns the validated updates (sorted by client id) into an `Aggregate`; the pipeline's
+server hooks may transform that aggregate (unmask a secure sum, add central DP noise); then
+`apply` takes the server step. A strategy whose `reduction` is `"sum"` can work from the
+weighted mean alone, so it also runs where the server never sees an individual update
+(secure aggregation, an all-reduce across ranks); `"individual"` strategies (median, Krum,
+LoRA-exact...) must see each update. Round-to-round state (server optimiser moments, control
+variates) is exposed through `state_dict` / `load_state_dict` for checkpoints.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from fedfm.core import FitIns, FitResult
-from fedfm.errors import NotEnoughClientsError
-from fedfm.state import State
+from fedfm.errors import AggregationError, NotEnoughClientsError
+from fedfm.messages import FitResult, FitTask
+from fedfm.state import State, apply_update, weighted_mean
+
+Reduction = Literal["sum", "individual"]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """What `reduce` hands to `apply` (through the pipeline's server hooks).
+
+    Attributes:
+        update: the aggregated update Δ (for `"sum"` strategies: the example-weighted mean).
+        extras: aggregated extras by name (for `"sum"` strategies: plain means).
+        num_clients: how many updates went in.
+        total_weight: the sum of their `num_examples`.
+        client_ids: which clients, sorted.
+        state: set by strategies whose reduction yields the next global state itself
+            (LoRA-exact, HetLoRA, FlexLoRA); `apply` then returns it.
+    """
+
+    update: State
+    extras: Mapping[str, State] = field(default_factory=dict)
+    num_clients: int = 0
+    total_weight: float = 0.0
+    client_ids: tuple[int, ...] = ()
+    state: State | None = None
 
 
 class Strategy(Protocol):
-    """Decides who trains with what, and how updates become the next global state."""
+    """Decides who trains with what, and how updates become the next global state.
+
+    Attributes:
+        name: the registry name.
+        reduction: `"sum"` if `reduce` needs only the weighted mean, else `"individual"`.
+        reply_extras: names of the extras every reply must carry (and no others).
+    """
 
     name: str
+    reduction: Reduction
+    reply_extras: frozenset[str]
 
     def initialize(self, global_state: State) -> State:
         """Called once before the first round; returns the state the loop holds."""
         ...
 
-    def configure_fit(
+    def configure(
         self, server_round: int, available: Sequence[int], rng: np.random.Generator
-    ) -> list[FitIns]:
+    ) -> list[FitTask]:
         """Pick this round's clients and their settings."""
         ...
 
-    def aggregate_fit(
+    def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """Return the next global state from the successful clients' results."""
+    ) -> Aggregate:
+        """Combine the results (sorted by client id) into an aggregate.
+
+        Raises:
+            AggregationError: the results cannot be combined (e.g. too few for Krum).
+        """
+        ...
+
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """The server step: the next global state from the aggregate."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -47,6 +92,39 @@ class Strategy(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
         ...
+
+
+def weighted_average(results: Sequence[FitResult]) -> Aggregate:
+    """The `"sum"` reduction: example-weighted mean of the updates, plain mean of each extra.
+
+    Raises:
+        AggregationError: no results.
+    """
+    if not results:
+        raise AggregationError("no updates to aggregate")
+    weights = [r.num_examples for r in results]
+    update = weighted_mean([r.update for r in results], weights)
+    extras = {
+        name: weighted_mean([r.extras[name] for r in results], [1.0] * len(results))
+        for name in results[0].extras
+    }
+    return Aggregate(
+        update,
+        extras,
+        num_clients=len(results),
+        total_weight=float(sum(weights)),
+        client_ids=tuple(r.client_id for r in results),
+    )
+
+
+def aggregate(
+    strategy: Strategy, server_round: int, global_state: State, results: Sequence[FitResult]
+) -> State:
+    """`apply(reduce(...))` without pipeline hooks, results sorted by client id (tests, tools)."""
+    ordered = sorted(results, key=lambda r: r.client_id)
+    return strategy.apply(
+        server_round, global_state, strategy.reduce(server_round, global_state, ordered)
+    )
 
 
 class ClientSampler:
@@ -93,14 +171,16 @@ class ClientSampler:
 
 
 class StrategyBase:
-    """Sampling, identical instructions for every client, no round-to-round state.
+    """FedAvg's shape: sampling, identical tasks, weighted-mean reduce, `server_lr` step.
 
     Args:
         sampler: who trains each round.
-        server_lr: step size on the aggregated update (used by strategies that step).
+        server_lr: step size on the aggregated update.
     """
 
     name = "base"
+    reduction: Reduction = "sum"
+    reply_extras: frozenset[str] = frozenset()
 
     def __init__(self, sampler: ClientSampler, server_lr: float = 1.0) -> None:
         self.sampler = sampler
@@ -110,11 +190,21 @@ class StrategyBase:
         """Nothing to set up by default."""
         return global_state
 
-    def configure_fit(
+    def configure(
         self, server_round: int, available: Sequence[int], rng: np.random.Generator
-    ) -> list[FitIns]:
+    ) -> list[FitTask]:
         """Sample clients; each gets the global state and no overrides."""
-        return [FitIns(c, server_round) for c in self.sampler.sample(available, rng)]
+        return [FitTask(c, server_round) for c in self.sampler.sample(available, rng)]
+
+    def reduce(
+        self, server_round: int, global_state: State, results: Sequence[FitResult]
+    ) -> Aggregate:
+        """Example-weighted mean of the updates (and plain means of the extras)."""
+        return weighted_average(results)
+
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """`global + server_lr * update`."""
+        return apply_update(global_state, aggregate.update, self.server_lr)
 
     def state_dict(self) -> dict[str, Any]:
         """Stateless by default."""

@@ -14,15 +14,13 @@ checkpoint can keep them in safetensors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 
-from fedfm.core import FitResult
-from fedfm.state import State
-from fedfm.strategies.base import ClientSampler, StrategyBase
-from fedfm.strategies.fedavg import weighted_mean
+from fedfm.state import State, check_same_keys
+from fedfm.strategies.base import Aggregate, ClientSampler, StrategyBase
 
 Method = Literal["adagrad", "yogi", "adam"]
 METHODS: tuple[Method, ...] = ("adagrad", "yogi", "adam")
@@ -31,15 +29,6 @@ METHODS: tuple[Method, ...] = ("adagrad", "yogi", "adam")
 def _moment_dtype(t: torch.Tensor) -> torch.dtype:
     # Moments of half-precision parameters are kept in float32 (as torch.optim does).
     return torch.promote_types(t.dtype, torch.float32)
-
-
-def _check_keys(delta: Mapping[str, torch.Tensor], other: Mapping[str, Any], what: str) -> None:
-    if delta.keys() != other.keys():
-        missing = sorted(set(delta) - set(other))[:3]
-        extra = sorted(set(other) - set(delta))[:3]
-        raise ValueError(
-            f"{what} keys differ from the update's: missing {missing}, unexpected {extra}"
-        )
 
 
 def fedavgm_step(
@@ -62,9 +51,9 @@ def fedavgm_step(
     Returns:
         The new global state and the new momentum buffer.
     """
-    _check_keys(delta, global_state, "global state")
+    check_same_keys(delta, global_state, "global state")
     if momentum_buffer is not None:
-        _check_keys(delta, momentum_buffer, "momentum buffer")
+        check_same_keys(delta, momentum_buffer, "momentum buffer")
     new_state: State = {}
     new_m: State = {}
     for k, x in global_state.items():
@@ -120,10 +109,10 @@ def fedopt_step(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    _check_keys(delta, global_state, "global state")
+    check_same_keys(delta, global_state, "global state")
     for name, moment in (("m", m), ("v", v)):
         if moment is not None:
-            _check_keys(delta, moment, name)
+            check_same_keys(delta, moment, name)
     new_state: State = {}
     new_m: State = {}
     new_v: State = {}
@@ -158,12 +147,6 @@ def _unflatten(prefix: str, flat: Mapping[str, Any]) -> State | None:
     return out or None
 
 
-def _average(results: Sequence[FitResult]) -> State:
-    # Sorted by client id so that the float sums do not depend on arrival order.
-    ordered = sorted(results, key=lambda r: r.client_id)
-    return weighted_mean([r.update for r in ordered], [r.num_examples for r in ordered])
-
-
 class FedAvgM(StrategyBase):
     """FedAvg with server momentum (Hsu et al. 2019, https://arxiv.org/abs/1909.06335).
 
@@ -181,18 +164,15 @@ class FedAvgM(StrategyBase):
     def __init__(
         self, sampler: ClientSampler, server_lr: float = 1.0, momentum: float = 0.9
     ) -> None:
-        super().__init__(sampler)
-        self.server_lr = server_lr
+        super().__init__(sampler, server_lr)
         self.momentum = momentum
         self.momentum_buffer_: State | None = None
 
-    def aggregate_fit(
-        self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """Average the updates, update the momentum, step the global state."""
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """Update the momentum with the averaged update, step the global state."""
         new_state, self.momentum_buffer_ = fedavgm_step(
             global_state,
-            _average(results),
+            aggregate.update,
             self.momentum_buffer_,
             server_lr=self.server_lr,
             momentum=self.momentum,
@@ -235,25 +215,22 @@ class FedOpt(StrategyBase):
         beta2: float = 0.99,
         tau: float = 1e-3,
     ) -> None:
-        super().__init__(sampler)
+        super().__init__(sampler, server_lr)
         if server_lr <= 0 or tau <= 0:
             raise ValueError(f"server_lr and tau must be > 0, got {server_lr}, {tau}")
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ValueError(f"beta1 and beta2 must lie in [0, 1), got {beta1}, {beta2}")
-        self.server_lr = server_lr
         self.beta1 = beta1
         self.beta2 = beta2
         self.tau = tau
         self.m_: State | None = None
         self.v_: State | None = None
 
-    def aggregate_fit(
-        self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """Average the updates, update m and v, step the global state."""
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """Update m and v with the averaged update, step the global state."""
         new_state, self.m_, self.v_ = fedopt_step(
             global_state,
-            _average(results),
+            aggregate.update,
             self.m_,
             self.v_,
             method=self.method,

@@ -1,6 +1,6 @@
 """LoRA-aware strategies: exact (SVD) aggregation, FFA-LoRA, HetLoRA and FlexLoRA.
 
-The maths is in `lora_math.py` (re-exported here). These strategies aggregate client
+The maths is in `lora_math.py`. These strategies aggregate client
 *states*, not updates: a client's new state is the state it was sent plus its update, because
 the product B·A of averaged factors is not the average of the products.
 
@@ -10,9 +10,10 @@ the product B·A of averaged factors is not the average of the products.
 - `FlexLoRA`: Bai et al. 2024, https://arxiv.org/abs/2402.11505 (average full B·A, SVD to
   each client's rank).
 
-HetLoRA and FlexLoRA send each client a state of its own rank through `FitIns.state`, so
+HetLoRA and FlexLoRA send each client a state of its own rank through `FitTask.state`, so
 they keep the global state themselves: call `initialize(global_state)` once before the first
 round (it returns the state the round loop should hold). Their `state_dict` carries it.
+The client halves live here too: `FreezeA` (FFA-LoRA) and `RankAdapter` (HetLoRA, FlexLoRA).
 """
 
 from __future__ import annotations
@@ -24,54 +25,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedfm.core import FitIns, FitResult
-from fedfm.state import State, add, clone
-from fedfm.strategies.base import ClientSampler, StrategyBase
-from fedfm.strategies.fedavg import weighted_mean
+from fedfm.client.hooks import FitContext, HookBase
+from fedfm.messages import FitResult, FitTask
+from fedfm.state import State, add, clone, subtract, weighted_mean
+from fedfm.strategies.base import Aggregate, ClientSampler, Reduction, StrategyBase
 from fedfm.strategies.lora_math import (
     exact_aggregate,
-    factorise,
     ffa_trainable_keys,
     from_products,
     frozen_keys,
-    lora_keys,
-    lora_product,
     lora_ranks,
-    naive_average,
-    naive_vs_exact_error,
     non_lora_mean,
     pad_rank,
-    pair_lora_keys,
     product_mean,
     truncate_rank,
 )
 
-__all__ = [
-    "ExactLoRA",
-    "FFALoRA",
-    "FlexLoRA",
-    "HetLoRA",
-    "exact_aggregate",
-    "factorise",
-    "ffa_trainable_keys",
-    "from_products",
-    "frozen_keys",
-    "lora_keys",
-    "lora_product",
-    "lora_ranks",
-    "naive_average",
-    "naive_vs_exact_error",
-    "non_lora_mean",
-    "pad_rank",
-    "pair_lora_keys",
-    "product_mean",
-    "truncate_rank",
-]
+_PRODUCTS = "flexlora.products"  # FlexLoRA's reduce -> apply: W per module (float64)
 
 
-def _ordered(results: Sequence[FitResult]) -> list[FitResult]:
-    # Sorted by client id so that float sums do not depend on arrival order.
-    return sorted(results, key=lambda r: r.client_id)
+def _state_aggregate(
+    global_state: State, new_state: State, results: Sequence[FitResult], **extras: State
+) -> Aggregate:
+    """An aggregate carrying the next global state itself (and its difference as update)."""
+    return Aggregate(
+        subtract(new_state, global_state) if new_state.keys() == global_state.keys() else {},
+        dict(extras),
+        num_clients=len(results),
+        total_weight=float(sum(r.num_examples for r in results)),
+        client_ids=tuple(r.client_id for r in results),
+        state=new_state,
+    )
 
 
 class ExactLoRA(StrategyBase):
@@ -86,15 +70,21 @@ class ExactLoRA(StrategyBase):
         sampler: who trains each round.
     """
 
-    name = "lora_exact"
+    name = "exact"
+    reduction: Reduction = "individual"
 
-    def aggregate_fit(
+    def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """Client states = global + update; return their `exact_aggregate`."""
-        ordered = _ordered(results)
-        states = [add(global_state, r.update) for r in ordered]
-        return exact_aggregate(states, [r.num_examples for r in ordered])
+    ) -> Aggregate:
+        """Client states = global + update; the next global is their `exact_aggregate`."""
+        states = [add(global_state, r.update) for r in results]
+        new = exact_aggregate(states, [r.num_examples for r in results])
+        return _state_aggregate(global_state, new, results)
+
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """The state `reduce` computed."""
+        assert aggregate.state is not None
+        return aggregate.state
 
 
 class FFALoRA(StrategyBase):
@@ -113,38 +103,57 @@ class FFALoRA(StrategyBase):
         server_lr: step size on the averaged update of the trainable keys.
     """
 
-    name = "ffa_lora"
+    name = "ffa-lora"
 
-    def aggregate_fit(
+    def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """Average the updates of B and non-LoRA keys; A is returned unchanged."""
-        ordered = _ordered(results)
+    ) -> Aggregate:
+        """Example-weighted mean of the updates of B and non-LoRA keys (A's are ignored)."""
         trainable = ffa_trainable_keys(global_state)
         frozen = frozen_keys(global_state)
         moved = [
             r.client_id
-            for r in ordered
+            for r in results
             if any(k in r.update and bool(r.update[k].any()) for k in frozen)
         ]
         if moved:
             warnings.warn(
                 f"FFA-LoRA: clients {moved} changed the frozen lora_A factors; the changes are "
-                "ignored. Freeze fedfm.strategies.lora.frozen_keys(state) on the client.",
+                "ignored. Freeze fedfm.strategies.lora_math.frozen_keys(state) on the client.",
                 stacklevel=2,
             )
-        delta = weighted_mean(
-            [{k: r.update[k] for k in trainable} for r in ordered],
-            [r.num_examples for r in ordered],
+        weights = [r.num_examples for r in results]
+        delta = weighted_mean([{k: r.update[k] for k in trainable} for r in results], weights)
+        return Aggregate(
+            delta,
+            num_clients=len(results),
+            total_weight=float(sum(weights)),
+            client_ids=tuple(r.client_id for r in results),
         )
+
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """Step B and non-LoRA keys by `server_lr`; A is returned unchanged."""
+        delta = aggregate.update
         return {
             k: v + self.server_lr * delta[k].to(v.dtype) if k in delta else v.clone()
             for k, v in global_state.items()
         }
 
 
+class FreezeA(HookBase):
+    """FFA-LoRA's client half: A stays at its seeded initialisation and never travels."""
+
+    def setup(self, module: torch.nn.Module) -> None:
+        """Set `requires_grad=False` on every lora_A factor before the state is read."""
+        params = dict(module.named_parameters())
+        for name in frozen_keys(params):
+            params[name].requires_grad_(False)
+
+
 class _RankedLoRA(StrategyBase):
     """Shared parts of HetLoRA and FlexLoRA: per-client ranks and a kept global state."""
+
+    reduction: Reduction = "individual"
 
     def __init__(self, sampler: ClientSampler, ranks: Mapping[int, int] | Sequence[int]) -> None:
         super().__init__(sampler)
@@ -196,23 +205,29 @@ class _RankedLoRA(StrategyBase):
             self._cache[rank] = self._start_state(rank)
         return self._cache[rank]
 
-    def configure_fit(
+    def configure(
         self, server_round: int, available: Sequence[int], rng: np.random.Generator
-    ) -> list[FitIns]:
+    ) -> list[FitTask]:
         """Sample clients; each gets the global state cut to its own rank."""
         return [
-            FitIns(c, server_round, state=self.client_state(c))
+            FitTask(c, server_round, state=self.client_state(c))
             for c in self.sampler.sample(available, rng)
         ]
+
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """Keep the state `reduce` computed as the new global state."""
+        assert aggregate.state is not None
+        self.global_ = aggregate.state
+        self._cache = {}
+        return clone(aggregate.state)
 
     def _client_states(
         self, global_state: State, results: Sequence[FitResult]
     ) -> tuple[list[State], list[float]]:
         if self.global_ is None:
             self.initialize(global_state)
-        ordered = _ordered(results)
         states = []
-        for r in ordered:
+        for r in results:
             start = self.client_state(r.client_id)
             for k, v in start.items():
                 if k not in r.update or r.update[k].shape != v.shape:
@@ -222,7 +237,7 @@ class _RankedLoRA(StrategyBase):
                         f"{k!r} with shape {got}, expected {tuple(v.shape)}"
                     )
             states.append(add(start, r.update))
-        return states, [float(r.num_examples) for r in ordered]
+        return states, [float(r.num_examples) for r in results]
 
     def state_dict(self) -> dict[str, Any]:
         """The kept global state as `"global/<name>"` tensors, and its key order as a list
@@ -248,9 +263,8 @@ class HetLoRA(_RankedLoRA):
 
     Client i gets the global state truncated to its rank r_i (`truncate_rank`); its new
     state is zero-padded to r_max (`pad_rank`) and the padded states are averaged by
-    examples. Not implemented from the paper: rank self-pruning on the client and
-    sparsity-weighted aggregation (weights ∝ ‖B_i A_i‖); we weight by `num_examples`.
-    See https://arxiv.org/abs/2401.06432.
+    examples. Deviations from the paper: no rank self-pruning on the client, and the
+    aggregation weights are `num_examples`, not the paper's sparsity weights (∝ ‖B_i A_i‖_F).
 
     Args:
         sampler: who trains each round.
@@ -264,16 +278,14 @@ class HetLoRA(_RankedLoRA):
         assert self.global_ is not None
         return truncate_rank(self.global_, rank)
 
-    def aggregate_fit(
+    def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
+    ) -> Aggregate:
         """Pad each client's new state to the global rank and take the weighted mean."""
         states, weights = self._client_states(global_state, results)
         r_max = self._global_rank()
         new = weighted_mean([pad_rank(s, r_max) for s in states], weights)
-        self.global_ = new
-        self._cache = {}
-        return clone(new)
+        return _state_aggregate(global_state, new, results)
 
 
 class FlexLoRA(_RankedLoRA):
@@ -309,17 +321,21 @@ class FlexLoRA(_RankedLoRA):
             return truncate_rank(self.global_, rank)
         return from_products(self.global_, self.products_, rank)
 
-    def aggregate_fit(
+    def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """Average the clients' full B·A; return W's rank-r_max factors as the global state."""
+    ) -> Aggregate:
+        """Average the clients' full B·A; the next global state is W's rank-r_max factors."""
         states, weights = self._client_states(global_state, results)
         assert self.global_ is not None
-        self.products_ = product_mean(states, weights)
+        products = product_mean(states, weights)
         template = {**self.global_, **non_lora_mean(states, weights)}
-        self.global_ = from_products(template, self.products_, self._global_rank())
-        self._cache = {}
-        return clone(self.global_)
+        new = from_products(template, products, self._global_rank())
+        return _state_aggregate(global_state, new, results, **{_PRODUCTS: products})
+
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """Keep W and its rank-r_max factors."""
+        self.products_ = dict(aggregate.extras[_PRODUCTS])
+        return super().apply(server_round, global_state, aggregate)
 
     def state_dict(self) -> dict[str, Any]:
         """The kept global state (`"global/<name>"`) and W (`"product/<module>"`, float64)."""
@@ -335,3 +351,37 @@ class FlexLoRA(_RankedLoRA):
             k[len("product/") :]: v.clone() for k, v in state.items() if k.startswith("product/")
         }
         self.products_ = products or None
+
+
+class RankAdapter(HookBase):
+    """HetLoRA/FlexLoRA's client half: train a lower-rank state inside the max-rank model.
+
+    The client's state is zero-padded to the model's rank before training (the padded
+    slots get zero gradients and stay zero) and cut back to its own rank afterwards.
+    """
+
+    def __init__(self) -> None:
+        self.model_rank = 0
+
+    def setup(self, module: torch.nn.Module) -> None:
+        """Read the model's LoRA rank."""
+        trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        self.model_rank = _rank(trainable, default=0)
+
+    def before_train(self, ctx: FitContext) -> None:
+        """Zero-pad the client's state to the model's rank."""
+        if _rank(ctx.start, self.model_rank) < self.model_rank:
+            ctx.model_start = pad_rank(ctx.start, self.model_rank)
+
+    def after_train(self, ctx: FitContext) -> None:
+        """Cut the trained state back to the client's rank."""
+        rank = _rank(ctx.start, self.model_rank)
+        if rank < self.model_rank:
+            ctx.end = truncate_rank(ctx.end, rank)
+
+
+def _rank(state: Mapping[str, torch.Tensor], default: int) -> int:
+    """The LoRA rank of a state; `default` when no A factor is in it."""
+    if not frozen_keys(state):
+        return default
+    return min(lora_ranks(dict(state)).values())

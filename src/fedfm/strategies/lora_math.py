@@ -18,7 +18,7 @@ That is exact when every client uses the same α/r. With heterogeneous ranks, ke
 ΔW is (α/r_i)·B·A and the average is off by those factors.
 
 Non-LoRA keys (e.g. a `modules_to_save` classifier head) are example-weighted means.
-The Strategy classes using these functions live in `lora.py`, which re-exports them.
+The Strategy classes using these functions live in `lora.py`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from fedfm.state import State
-from fedfm.strategies.fedavg import weighted_mean
+from fedfm.state import State, check_weights, weighted_mean
 
 # PEFT names the factor of a module by one dotted component; the partner swaps it.
 _A_TO_B = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}
@@ -122,17 +121,6 @@ def _products(state: State, pairs: dict[str, tuple[str, str]]) -> dict[str, torc
     return out
 
 
-def _check_weights(n: int, weights: Sequence[float]) -> float:
-    if n == 0:
-        raise ValueError("LoRA aggregation needs at least one state")
-    if len(weights) != n:
-        raise ValueError(f"{n} states but {len(weights)} weights")
-    total = float(sum(weights))
-    if total <= 0 or any(w < 0 for w in weights):
-        raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
-    return total
-
-
 def product_mean(states: Sequence[State], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """Σ w_i B_i A_i / Σ w_i per module, in float64 (ranks may differ between states).
 
@@ -143,7 +131,7 @@ def product_mean(states: Sequence[State], weights: Sequence[float]) -> dict[str,
     Returns:
         Module prefix -> mean product, shape [out, in_flat].
     """
-    total = _check_weights(len(states), weights)
+    total = check_weights(weights, len(states))
     pairs = pair_lora_keys(states[0])
     acc: dict[str, torch.Tensor] = {}
     for state, w in zip(states, weights, strict=True):

@@ -1,19 +1,35 @@
-"""Strategy names -> constructors (one line per strategy)."""
+"""Strategy names -> server half, client hooks and build-time checks (one entry per strategy).
+
+Both halves come from the same entry on every machine, so a deployed client and the server
+cannot disagree about the algorithm.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from fedfm.config import StrategyConfig
+from fedfm.client.hooks import ClientHook
+from fedfm.config import Config, StrategyConfig
 from fedfm.errors import ConfigError
 from fedfm.strategies.base import ClientSampler, Strategy
 from fedfm.strategies.fedavg import FedAvg
 from fedfm.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
-from fedfm.strategies.lora import ExactLoRA, FFALoRA, FlexLoRA, HetLoRA
+from fedfm.strategies.fedprox import FedProx, ProximalTerm
+from fedfm.strategies.lora import ExactLoRA, FFALoRA, FlexLoRA, FreezeA, HetLoRA, RankAdapter
 from fedfm.strategies.robust import Krum, Median, MultiKrum, NormBound, TrimmedMean
-from fedfm.strategies.scaffold import FedProx, Scaffold
+from fedfm.strategies.scaffold import ControlVariates, Scaffold
 
 Builder = Callable[[StrategyConfig, ClientSampler, int], Strategy]
+Hooks = Callable[[Config], list[ClientHook]]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One strategy: its server half and its client hooks."""
+
+    build: Builder
+    hooks: Hooks = field(default=lambda cfg: [])
 
 
 def _lr(cfg: StrategyConfig, default: float) -> float:
@@ -33,41 +49,74 @@ def client_ranks(cfg: StrategyConfig, num_clients: int, default_rank: int) -> li
     return [ranks[c % len(ranks)] for c in range(num_clients)]
 
 
-STRATEGIES: dict[str, Builder] = {
-    "fedavg": lambda c, s, n: FedAvg(s, _lr(c, 1.0)),
-    "fedavgm": lambda c, s, n: FedAvgM(s, _lr(c, 1.0), c.momentum),
-    "fedprox": lambda c, s, n: FedProx(s, c.proximal_mu, _lr(c, 1.0)),
-    "fedadam": _fedopt(FedAdam),
-    "fedyogi": _fedopt(FedYogi),
-    "fedadagrad": lambda c, s, n: FedAdagrad(s, _lr(c, 1e-2), tau=c.tau),
-    "scaffold": lambda c, s, n: Scaffold(s, n, _lr(c, 1.0)),
-    "median": lambda c, s, n: Median(s, _lr(c, 1.0)),
-    "trimmed-mean": lambda c, s, n: TrimmedMean(s, c.trim_beta, _lr(c, 1.0)),
-    "krum": lambda c, s, n: Krum(s, c.num_byzantine, _lr(c, 1.0)),
-    "multi-krum": lambda c, s, n: MultiKrum(s, c.num_byzantine, c.num_selected, _lr(c, 1.0)),
-    "norm-bound": lambda c, s, n: NormBound(FedAvg(s, _lr(c, 1.0)), c.norm_bound or 1.0),
-    "exact": lambda c, s, n: ExactLoRA(s),
-    "ffa-lora": lambda c, s, n: FFALoRA(s, _lr(c, 1.0)),
-    "hetlora": lambda c, s, n: HetLoRA(s, client_ranks(c, n, 8)),
-    "flexlora": lambda c, s, n: FlexLoRA(s, client_ranks(c, n, 8)),
+def _krum(multi: bool) -> Builder:
+    def build(c: StrategyConfig, s: ClientSampler, n: int) -> Strategy:
+        if multi:
+            strategy = MultiKrum(s, c.num_byzantine, c.num_selected, _lr(c, 1.0))
+        else:
+            strategy = Krum(s, c.num_byzantine, _lr(c, 1.0))
+        strategy.check_round_size(s.num_to_sample(n))  # refuse what can never aggregate
+        return strategy
+
+    return build
+
+
+STRATEGIES: dict[str, Entry] = {
+    "fedavg": Entry(lambda c, s, n: FedAvg(s, _lr(c, 1.0))),
+    "fedavgm": Entry(lambda c, s, n: FedAvgM(s, _lr(c, 1.0), c.momentum)),
+    "fedprox": Entry(
+        lambda c, s, n: FedProx(s, _lr(c, 1.0)),
+        lambda cfg: [ProximalTerm(cfg.strategy.proximal_mu)],
+    ),
+    "fedadam": Entry(_fedopt(FedAdam)),
+    "fedyogi": Entry(_fedopt(FedYogi)),
+    "fedadagrad": Entry(lambda c, s, n: FedAdagrad(s, _lr(c, 1e-2), tau=c.tau)),
+    "scaffold": Entry(
+        lambda c, s, n: Scaffold(s, n, _lr(c, 1.0)),
+        lambda cfg: [ControlVariates(sgd=cfg.client.optimizer == "sgd")],
+    ),
+    "median": Entry(lambda c, s, n: Median(s, _lr(c, 1.0))),
+    "trimmed-mean": Entry(lambda c, s, n: TrimmedMean(s, c.trim_beta, _lr(c, 1.0))),
+    "krum": Entry(_krum(multi=False)),
+    "multi-krum": Entry(_krum(multi=True)),
+    "norm-bound": Entry(lambda c, s, n: NormBound(FedAvg(s, _lr(c, 1.0)), c.norm_bound or 1.0)),
+    "exact": Entry(lambda c, s, n: ExactLoRA(s)),
+    "ffa-lora": Entry(lambda c, s, n: FFALoRA(s, _lr(c, 1.0)), lambda cfg: [FreezeA()]),
+    "hetlora": Entry(
+        lambda c, s, n: HetLoRA(s, client_ranks(c, n, 8)), lambda cfg: [RankAdapter()]
+    ),
+    "flexlora": Entry(
+        lambda c, s, n: FlexLoRA(s, client_ranks(c, n, 8)), lambda cfg: [RankAdapter()]
+    ),
 }
 
 
+def _entry(name: str) -> Entry:
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy.name: {name!r} is not one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
 def build_strategy(cfg: StrategyConfig, num_clients: int) -> Strategy:
-    """Build the configured strategy with its client sampler.
+    """Build the configured strategy (server half) with its client sampler.
 
     `strategy.norm_bound` wraps any strategy in a server-side norm bound.
 
     Raises:
-        ConfigError: unknown name (listing the valid ones) or invalid parameters.
+        ConfigError: unknown name (listing the valid ones) or invalid parameters, including
+            settings that could never aggregate (Krum with n ≤ 2f + 2, Multi-Krum with m > n).
     """
-    if cfg.name not in STRATEGIES:
-        raise ConfigError(f"strategy.name: {cfg.name!r} is not one of {', '.join(STRATEGIES)}")
+    entry = _entry(cfg.name)
     sampler = ClientSampler(cfg.clients_per_round, cfg.fraction, cfg.min_clients)
     try:
-        strategy = STRATEGIES[cfg.name](cfg, sampler, num_clients)
+        strategy = entry.build(cfg, sampler, num_clients)
         if cfg.norm_bound is not None and cfg.name != "norm-bound":
             strategy = NormBound(strategy, cfg.norm_bound)
     except ValueError as exc:
         raise ConfigError(f"strategy: {exc}") from exc
     return strategy
+
+
+def build_hooks(cfg: Config) -> list[ClientHook]:
+    """The client hooks of the configured strategy (the same on every machine)."""
+    return _entry(cfg.strategy.name).hooks(cfg)

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedfm.core import FitIns, FitResult
-from fedfm.state import State, global_norm
-from fedfm.strategies.base import ClientSampler, Strategy, StrategyBase
-from fedfm.strategies.fedavg import apply_update
+from fedfm.errors import AggregationError
+from fedfm.messages import FitResult, FitTask
+from fedfm.state import State, clip_to_norm
+from fedfm.strategies.base import Aggregate, ClientSampler, Reduction, Strategy, StrategyBase
 
 Spec = list[tuple[str, torch.Size, torch.dtype]]
 
@@ -110,7 +110,7 @@ def _check_krum(n: int, f: int) -> None:
         raise ValueError(f"the number of Byzantine clients f must be >= 0, got {f}")
     # Blanchard et al. 2017, Proposition 1: Krum is Byzantine-resilient when 2f + 2 < n.
     if n <= 2 * f + 2:
-        raise ValueError(
+        raise AggregationError(
             f"Krum with f={f} Byzantine clients needs n > 2f + 2 = {2 * f + 2} updates "
             f"(Blanchard et al. 2017), got n={n}: lower num_byzantine or sample more clients"
         )
@@ -159,7 +159,7 @@ def krum_scores(updates: Sequence[State], f: int) -> torch.Tensor:
 def _select(x: torch.Tensor, f: int, m: int) -> list[int]:
     n = x.shape[0]
     if not 1 <= m <= n:
-        raise ValueError(f"multi-Krum needs 1 <= m <= n={n}, got m={m}")
+        raise AggregationError(f"multi-Krum needs 1 <= m <= n={n}, got m={m}")
     scores = _krum_scores_matrix(x, f).tolist()
     # Ties in score are broken by the bytes of the update: order-independent, deterministic.
     keys = [(scores[i], x[i].cpu().numpy().tobytes()) for i in range(n)]
@@ -210,24 +210,17 @@ def multi_krum(updates: Sequence[State], f: int, m: int) -> State:
 
 
 def clip_update(update: State, max_norm: float) -> State:
-    """Scale `update` so that its global L2 norm is at most `max_norm`.
-
-    Args:
-        update: one client's update.
-        max_norm: the bound, > 0.
-
-    Returns:
-        The update itself (copied) when within the bound, else the rescaled update.
-    """
-    if max_norm <= 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
-    norm = global_norm(update)
-    factor = 1.0 if norm <= max_norm else max_norm / norm
-    return {k: v * factor for k, v in update.items()}
+    """Scale `update` so that its global L2 norm is at most `max_norm` (see `clip_to_norm`)."""
+    return clip_to_norm(update, max_norm)[0]
 
 
-def _by_client(results: Sequence[FitResult]) -> list[State]:
-    return [r.update for r in sorted(results, key=lambda r: r.client_id)]
+def _individual(update: State, results: Sequence[FitResult]) -> Aggregate:
+    return Aggregate(
+        update,
+        num_clients=len(results),
+        total_weight=float(sum(r.num_examples for r in results)),
+        client_ids=tuple(r.client_id for r in results),
+    )
 
 
 class Median(StrategyBase):
@@ -239,12 +232,13 @@ class Median(StrategyBase):
     """
 
     name = "median"
+    reduction: Reduction = "individual"
 
-    def aggregate_fit(
+    def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """New global = global + server_lr * coordinate-wise median of the updates."""
-        return apply_update(global_state, median(_by_client(results)), self.server_lr)
+    ) -> Aggregate:
+        """The coordinate-wise median of the updates."""
+        return _individual(median([r.update for r in results]), results)
 
 
 class TrimmedMean(StrategyBase):
@@ -256,21 +250,20 @@ class TrimmedMean(StrategyBase):
         server_lr: step size on the aggregated update.
     """
 
-    name = "trimmed_mean"
+    name = "trimmed-mean"
+    reduction: Reduction = "individual"
 
     def __init__(self, sampler: ClientSampler, beta: float = 0.1, server_lr: float = 1.0) -> None:
-        super().__init__(sampler)
+        super().__init__(sampler, server_lr)
         if not 0.0 <= beta < 0.5:
             raise ValueError(f"trimmed_mean.beta must lie in [0, 0.5), got {beta}")
         self.beta = beta
-        self.server_lr = server_lr
 
-    def aggregate_fit(
+    def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """New global = global + server_lr * trimmed mean of the updates."""
-        delta = trimmed_mean(_by_client(results), self.beta)
-        return apply_update(global_state, delta, self.server_lr)
+    ) -> Aggregate:
+        """The coordinate-wise trimmed mean of the updates."""
+        return _individual(trimmed_mean([r.update for r in results], self.beta), results)
 
 
 class MultiKrum(StrategyBase):
@@ -285,7 +278,8 @@ class MultiKrum(StrategyBase):
         server_lr: step size on the aggregated update.
     """
 
-    name = "multi_krum"
+    name = "multi-krum"
+    reduction: Reduction = "individual"
 
     def __init__(
         self,
@@ -294,25 +288,39 @@ class MultiKrum(StrategyBase):
         num_selected: int | None = None,
         server_lr: float = 1.0,
     ) -> None:
-        super().__init__(sampler)
+        super().__init__(sampler, server_lr)
         if num_byzantine < 0:
             raise ValueError(f"num_byzantine must be >= 0, got {num_byzantine}")
         if num_selected is not None and num_selected < 1:
             raise ValueError(f"num_selected must be >= 1, got {num_selected}")
         self.num_byzantine = num_byzantine
         self.num_selected = num_selected
-        self.server_lr = server_lr
 
     def _m(self, n: int) -> int:
         return n - self.num_byzantine if self.num_selected is None else self.num_selected
 
-    def aggregate_fit(
+    def check_round_size(self, n: int) -> None:
+        """Refuse a round size this rule can never aggregate (n ≤ 2f + 2, or m > n).
+
+        Raises:
+            AggregationError: naming the numbers.
+        """
+        _check_krum(n, self.num_byzantine)
+        if not 1 <= self._m(n) <= n:
+            raise AggregationError(f"multi-Krum needs 1 <= m <= n={n}, got m={self._m(n)}")
+
+    def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """New global = global + server_lr * mean of the m best-scored updates."""
-        updates = _by_client(results)
+    ) -> Aggregate:
+        """The plain mean of the m best-scored updates.
+
+        Raises:
+            AggregationError: too few updates this round (failures can push n ≤ 2f + 2).
+        """
+        updates = [r.update for r in results]
+        self.check_round_size(len(updates))
         delta = multi_krum(updates, self.num_byzantine, self._m(len(updates)))
-        return apply_update(global_state, delta, self.server_lr)
+        return _individual(delta, results)
 
 
 class Krum(MultiKrum):
@@ -350,25 +358,31 @@ class NormBound:
         self.inner = inner
         self.max_norm = max_norm
         self.name = f"normbound+{inner.name}"
+        self.reduction: Reduction = "individual"
+        self.reply_extras = inner.reply_extras
 
     def initialize(self, global_state: State) -> State:
         """Pass the initial global state to `inner` if it wants it (see lora.HetLoRA)."""
         return self.inner.initialize(global_state)
 
-    def configure_fit(
+    def configure(
         self, server_round: int, available: Sequence[int], rng: np.random.Generator
-    ) -> list[FitIns]:
+    ) -> list[FitTask]:
         """Delegate to `inner`."""
-        return self.inner.configure_fit(server_round, available, rng)
+        return self.inner.configure(server_round, available, rng)
 
-    def aggregate_fit(
+    def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
-    ) -> State:
-        """Clip every update to `max_norm`, then aggregate with `inner`."""
+    ) -> Aggregate:
+        """Clip every update to `max_norm`, then reduce with `inner`."""
         clipped = [
             dataclasses.replace(r, update=clip_update(r.update, self.max_norm)) for r in results
         ]
-        return self.inner.aggregate_fit(server_round, global_state, clipped)
+        return self.inner.reduce(server_round, global_state, clipped)
+
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """Delegate to `inner`."""
+        return self.inner.apply(server_round, global_state, aggregate)
 
     def state_dict(self) -> dict[str, Any]:
         """Delegate to `inner` (the bound itself has no state)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from fedfm.strategies.attacks import (
+from fedfm.client.attacks import (
+    PoisonUpdate,
     choose_malicious,
     flip_labels,
     gaussian,
@@ -13,6 +15,9 @@ from fedfm.strategies.attacks import (
     scale,
     sign_flip,
 )
+from fedfm.errors import ConfigError
+from fedfm.pipeline import Pipeline
+from fedfm.tasks.digits import DigitsExamples
 
 UPDATE = {"a": torch.tensor([1.0, -2.0]), "b": torch.ones(2, 2, dtype=torch.float64)}
 
@@ -59,8 +64,25 @@ def test_choose_malicious_is_deterministic_and_sized() -> None:
         choose_malicious(10, 1.5, seed=0)
 
 
-def test_flip_labels() -> None:
-    assert flip_labels(torch.tensor([0, 1, 2, 9]), 10).tolist() == [9, 8, 7, 0]
-    assert flip_labels(torch.tensor([0, 1]), 2).tolist() == [1, 0]
-    with pytest.raises(ValueError, match=r"\[0, 2\)"):
-        flip_labels(torch.tensor([0, 2]), 2)
+def test_flip_labels_relabels_only_the_given_indices() -> None:
+    # Prepare
+    ex = DigitsExamples(np.zeros((6, 64), np.float32), np.array([0, 1, 2, 9, 5, 5]))
+    # Execute
+    flipped = flip_labels(ex, [np.array([0, 3]), np.array([4])])
+    # Assert
+    assert flipped.labels.tolist() == [9, 1, 2, 0, 4, 5]
+    assert ex.labels.tolist() == [0, 1, 2, 9, 5, 5]  # the original is untouched
+    with pytest.raises(ConfigError, match="classification"):
+        flip_labels({"no": "labels"}, [np.array([0])])
+
+
+def test_poison_stage_changes_only_malicious_updates() -> None:
+    # Prepare
+    pipe = Pipeline([PoisonUpdate({1}, "sign_flip", 2.0)])
+    # Execute
+    honest, _ = pipe.stages[0].encode(UPDATE, pipe.context(0, 1))
+    bad, metrics = pipe.stages[0].encode(UPDATE, pipe.context(1, 1))
+    extra, _ = pipe.stages[0].encode(UPDATE, pipe.context(1, 1, "scaffold.control_delta"))
+    # Assert
+    assert honest is UPDATE and extra is UPDATE
+    assert torch.equal(bad["a"], torch.tensor([-2.0, 4.0])) and metrics == {"poisoned": 1.0}

@@ -1,7 +1,9 @@
-"""Poisoning attacks for a robustness harness (off by default): pure functions on updates.
+"""Poisoning attacks for a robustness harness (off by default, simulation only).
 
-Model-poisoning attacks replace a malicious client's update before it is sent; label
-flipping poisons its data instead.
+Model-poisoning attacks replace a malicious client's update before it is sent: the
+`PoisonUpdate` stage runs first in the uplink pipeline, so clipping, noise or compression
+configured after it treat the poisoned update as a real malicious client's. Label flipping
+poisons the client's training data instead (`flip_labels`, a relabelled view of the examples).
 
 - Sign flipping: Li et al. 2019 (RSA), https://arxiv.org/abs/1811.03761
 - Gaussian (random) updates: Blanchard et al. 2017, https://arxiv.org/abs/1703.02757
@@ -11,12 +13,16 @@ flipping poisons its data instead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Literal
+from collections.abc import Collection
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from fedfm.errors import ConfigError
+from fedfm.pipeline import StageBase, StageContext, StageKind
 from fedfm.state import State
 
 Attack = Literal["none", "sign_flip", "gaussian", "scale"]
@@ -92,12 +98,49 @@ def choose_malicious(num_clients: int, fraction: float, seed: int) -> set[int]:
     return {int(c) for c in picked}
 
 
-def flip_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Label flipping: y -> num_classes - 1 - y.
+class PoisonUpdate(StageBase):
+    """The first uplink stage of malicious clients: replace the update by an attack.
+
+    Args:
+        malicious: the malicious client ids.
+        attack: "sign_flip", "gaussian" or "scale" (see `poison`).
+        strength: the attack's parameter.
+    """
+
+    name = "poison"
+    kind = StageKind.POISON
+
+    def __init__(self, malicious: Collection[int], attack: Attack, strength: float) -> None:
+        self.malicious = frozenset(int(c) for c in malicious)
+        self.attack = attack
+        self.strength = strength
+
+    def encode(self, update: State, ctx: StageContext) -> tuple[State, dict[str, float]]:
+        """Poison the update of a malicious client (its extras pass unchanged)."""
+        if ctx.client_id not in self.malicious or ctx.stream != "update":
+            return update, {}
+        gen = torch.Generator().manual_seed(
+            ctx.seed * 1_000_003 + ctx.server_round * 1009 + ctx.client_id
+        )
+        return poison(update, self.attack, self.strength, gen), {"poisoned": 1.0}
+
+
+def flip_labels(examples: Any, clients: Collection[np.ndarray]) -> Any:
+    """A copy of `examples` whose labels y on the given index arrays become C - 1 - y.
+
+    Args:
+        examples: a classification task's examples (with `labels` and `num_classes`).
+        clients: the training index arrays of the malicious clients.
 
     Raises:
-        ValueError: a label outside [0, num_classes).
+        ConfigError: the task's examples have no class labels.
     """
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.unique().tolist()}")
-    return num_classes - 1 - labels
+    ok = dataclasses.is_dataclass(examples) and not isinstance(examples, type)
+    if not (ok and hasattr(examples, "labels") and hasattr(examples, "num_classes")):
+        raise ConfigError("attack.kind='label-flip' needs a classification task")
+    view: Any = examples
+    labels = np.array(view.labels, copy=True)
+    k = int(view.num_classes)
+    for idx in clients:
+        labels[idx] = k - 1 - labels[idx]
+    return dataclasses.replace(view, labels=labels)

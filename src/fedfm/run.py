@@ -1,0 +1,219 @@
+"""Running a built job: a fresh run, a resumed run, or a baseline, inside `with backend:`.
+
+A fresh run first removes any earlier run's checkpoint from the directory (the commit file
+first), so nothing stale can ever be resumed. A resumed run checks that the checkpoint was
+written by the same config and seed (only `rounds`, `eval`, `logging` and `backend` may
+differ) and that its tensors have the model's names, shapes and dtypes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedfm.build import Built, build, build_backend
+from fedfm.checkpoint import atomic_write_bytes, load_checkpoint, remove_checkpoint, save_checkpoint
+from fedfm.client.hooks import ClientHook
+from fedfm.config import Config, apply_override, config_from_dict
+from fedfm.errors import CheckpointError, TransportError
+from fedfm.messages import EvalTask
+from fedfm.records import MetricsLog, RoundRecord
+from fedfm.rundir import TENSORBOARD, config_path, metrics_path, summary_path
+from fedfm.server.loop import Callback, LoopParts, Progress, SilentProgress, run_rounds
+from fedfm.state import State, shaped_like
+
+# Top-level config keys a resumed run may change: they do not alter what was computed.
+RESUMABLE_KEYS = ("rounds", "eval", "logging", "backend")
+
+
+def run(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool = False,
+    callbacks: list[Callback] | None = None,
+    progress: Progress | None = None,
+    extra_hooks: Sequence[ClientHook] = (),
+) -> State:
+    """Run (or resume) a job in `run_dir`; returns the final global state.
+
+    Args:
+        cfg: the config (on resume: the stored config, possibly with overrides applied).
+        run_dir: where metrics, checkpoints and the config go.
+        resume: continue from the last checkpoint in `run_dir`.
+        callbacks: extra callbacks after the metrics log (e.g. TensorBoard).
+        progress: progress display.
+        extra_hooks: further client hooks (simulation: fault injection, instrumentation).
+
+    Raises:
+        CheckpointError: on resume, no checkpoint, a malformed one, or one written by a
+            different config, seed or model.
+    """
+    if cfg.backend.threads is not None:
+        torch.set_num_threads(cfg.backend.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        ckpt = load_checkpoint(run_dir)
+        check_resumable(cfg, ckpt.meta)
+    else:
+        remove_checkpoint(run_dir)
+        metrics_path(run_dir).unlink(missing_ok=True)
+        summary_path(run_dir).unlink(missing_ok=True)
+    built = build(cfg, federated=cfg.mode == "federated", extra_hooks=extra_hooks)
+    atomic_write_bytes(config_path(run_dir), json.dumps(cfg.model_dump(), indent=2).encode())
+    log = MetricsLog(run_dir)
+    if cfg.mode != "federated":
+        return _run_baseline(built, log, run_dir)
+    state = built.strategy.initialize(built.initial_state)
+    start = 0
+    if resume:
+        _check_like(ckpt.global_state, state, run_dir)
+        built.strategy.load_state_dict(ckpt.section("strategy"))
+        built.store.load_state_dict(ckpt.section("clients"))
+        state, start = ckpt.global_state, ckpt.server_round
+        log.restore(start, ckpt.meta.get("record"))
+    extra = list(callbacks or [])
+    tensorboard = None
+    if cfg.logging.tensorboard:
+        from fedfm.report.tensorboard import TensorBoardCallback
+
+        tensorboard = TensorBoardCallback(run_dir / TENSORBOARD)
+        extra.append(tensorboard)
+    t = time.perf_counter()
+    try:
+        with build_backend(cfg, built.runtime) as backend:
+            parts = _loop_parts(built, backend, run_dir, [log, *extra], progress)
+            final = run_rounds(parts, state, start)
+            summary = _summary(built, final, log.records(), parts)
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+    summary["seconds_rounds_this_process"] = time.perf_counter() - t
+    atomic_write_bytes(summary_path(run_dir), json.dumps(summary, indent=1).encode())
+    return final
+
+
+def _loop_parts(
+    built: Built,
+    backend: Any,
+    run_dir: Path,
+    callbacks: list[Callback],
+    progress: Progress | None,
+) -> LoopParts:
+    cfg = built.cfg
+
+    def checkpoint(server_round: int, state: State, record: RoundRecord) -> None:
+        meta = {"config": cfg.model_dump(), "seed": cfg.seed, "record": record.to_json()}
+        sections = {
+            "global": state,
+            "strategy": built.strategy.state_dict(),
+            "clients": built.store.state_dict(),
+        }
+        save_checkpoint(run_dir, server_round, sections, meta)
+
+    return LoopParts(
+        strategy=built.strategy,
+        backend=backend,
+        uplink=built.uplink,
+        downlink=built.downlink,
+        client_ids=built.data.client_ids,
+        central_eval=built.central_eval,
+        checkpoint=checkpoint,
+        seed=cfg.seed,
+        num_rounds=cfg.rounds,
+        eval_every=cfg.eval.every,
+        # the personalisation baseline needs the global model's per-client accuracy beside it
+        federated_eval_every=cfg.eval.federated_every
+        or (cfg.rounds if cfg.eval.personalize_steps else None),
+        min_success_fraction=cfg.strategy.min_success_fraction,
+        max_num_examples=cfg.strategy.max_num_examples,
+        callbacks=callbacks,
+        progress=progress or SilentProgress(),
+    )
+
+
+def check_resumable(cfg: Config, meta: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint written by another config or seed.
+
+    Raises:
+        CheckpointError: one line naming the first differing key.
+    """
+    stored = meta.get("config")
+    if not isinstance(stored, dict) or meta.get("seed") != cfg.seed:
+        raise CheckpointError(
+            f"--resume: the checkpoint was written with seed {meta.get('seed')!r}, "
+            f"this config has seed {cfg.seed}"
+        )
+    now = cfg.model_dump()
+    for key in sorted(set(stored) | set(now)):
+        if key in RESUMABLE_KEYS or stored.get(key) == now.get(key):
+            continue
+        raise CheckpointError(
+            f"--resume: {key} differs from the checkpoint's ({stored.get(key)!r} vs "
+            f"{now.get(key)!r}); only {', '.join(RESUMABLE_KEYS)} may change on resume"
+        )
+
+
+def _check_like(saved: State, model: State, run_dir: Path) -> None:
+    try:
+        shaped_like(saved, model, who=f"checkpoint in {run_dir}: global state")
+    except TransportError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _run_baseline(built: Built, log: MetricsLog, run_dir: Path) -> State:
+    from fedfm.server.baselines import run_centralised, run_local_only
+
+    cfg = built.cfg
+    if cfg.mode == "centralised":
+        final = run_centralised(built, log)
+        extra: dict[str, Any] = {}
+    else:
+        final, extra = run_local_only(built, log)
+    summary = {**_final_figures(log.records()), **extra, "mode": cfg.mode}
+    atomic_write_bytes(summary_path(run_dir), json.dumps(summary, indent=1).encode())
+    return final
+
+
+def _final_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    last = records[-1] if records else {}
+    return {
+        "final_accuracy": last.get("accuracy"),
+        "final_loss": last.get("loss"),
+        "rounds": last.get("round"),
+        "bytes_up_total": sum(r.get("bytes_up", 0) for r in records),
+        "bytes_down_total": sum(r.get("bytes_down", 0) for r in records),
+    }
+
+
+def _summary(
+    built: Built, final: State, records: list[dict[str, Any]], parts: LoopParts
+) -> dict[str, Any]:
+    """Final figures: last central metrics, totals, and the personalisation baseline."""
+    cfg = built.cfg
+    summary = _final_figures(records)
+    steps = cfg.eval.personalize_steps
+    if steps > 0:
+        tasks = [EvalTask(c, cfg.rounds + 1, personalize_steps=steps) for c in parts.client_ids]
+        replies = parts.backend.evaluate(final, tasks)
+        summary["personalized_accuracy"] = {
+            str(r.client_id): r.metrics["accuracy"]
+            for r in replies
+            if r.ok and r.num_examples > 0 and "accuracy" in r.metrics
+        }
+    return summary
+
+
+def stored_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
+    """The config a run was started with, plus `key=value` overrides (for resume)."""
+    path = config_path(run_dir)
+    if not path.exists():
+        raise CheckpointError(f"nothing to resume in {run_dir}: no config.json")
+    raw = json.loads(path.read_text())
+    for item in overrides or []:
+        apply_override(raw, item)
+    return config_from_dict(raw)

@@ -1,0 +1,112 @@
+"""The baselines to beat, from the same config, data split and budget.
+
+- `centralised`: the clients' training data pooled on one machine; the same number of
+  examples processed as the federated run (rounds x clients per round x local epochs x mean
+  client size), split into as many "rounds" for comparable curves, one continuing optimiser.
+- `local-only`: each client trains alone from the same initial state, for the local epochs
+  it would run in the federated job in expectation (rounds x epochs x sampling share, at
+  least one), and is evaluated on its own local test split. It drives the same
+  `ClientRuntime` as a federated run (fit, then evaluate its own model).
+
+Both write `RoundRecord`s like a federated run (bytes are 0: nothing travels).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from fedfm.build import Built
+from fedfm.client.train import local_train, make_optimizer
+from fedfm.messages import EvalTask, FitTask, TrainOverrides
+from fedfm.records import MetricsLog, RoundRecord
+from fedfm.state import State, add
+from fedfm.strategies.base import ClientSampler
+
+CENTRAL_SALT = 0xCE  # the centralised baseline draws from (seed, round, salt)
+
+
+def run_centralised(built: Built, log: MetricsLog) -> State:
+    """Train on the pooled client data with the federated run's budget; log per round."""
+    cfg, data, model, task = built.cfg, built.data, built.model, built.task
+    pool = np.sort(np.concatenate([c.train for c in data.clients.values()]))
+    per_round = _clients_per_round(built) * cfg.client.epochs * len(pool) / len(data.clients)
+    steps = max(1, math.ceil(per_round / cfg.client.batch_size))
+    model.set_state(built.initial_state)
+    c = cfg.client
+    opt = make_optimizer(list(model.params.values()), c.optimizer, c.lr, c.weight_decay, c.momentum)
+    for server_round in range(1, cfg.rounds + 1):
+        t = time.perf_counter()
+        local = local_train(
+            model.module,
+            model.params,
+            lambda rng: task.batches(data.examples, pool, c.batch_size, rng),
+            task.loss,
+            opt,
+            epochs=10**6,
+            max_steps=steps,
+            seeds=[cfg.seed, server_round, CENTRAL_SALT],
+            grad_clip=c.grad_clip,
+        )
+        fit = time.perf_counter() - t
+        t = time.perf_counter()
+        central = built.central_eval(model.get_state())
+        central.pop("num_examples", None)
+        record = RoundRecord(
+            round=server_round,
+            central=dict(central),
+            train_loss=local.train_loss,
+            num_clients=1,
+            seconds_fit=fit,
+            seconds_eval=time.perf_counter() - t,
+            seconds=fit,
+        )
+        log.on_round_end(record)
+    return model.get_state()
+
+
+def run_local_only(built: Built, log: MetricsLog) -> tuple[State, dict[str, Any]]:
+    """Train every client alone; log one record with each client's local test metrics."""
+    cfg, data, runtime = built.cfg, built.data, built.runtime
+    share = _clients_per_round(built) / len(data.clients)
+    epochs = max(1, round(cfg.rounds * cfg.client.epochs * share))
+    record = RoundRecord(round=cfg.rounds, num_clients=len(data.clients), clients=data.client_ids)
+    losses = []
+    t = time.perf_counter()
+    for cid in data.client_ids:
+        reply = runtime.fit(FitTask(cid, 0, TrainOverrides(epochs=epochs)), built.initial_state)
+        if not reply.ok:
+            record.failures.append(f"client {cid}: {reply.failure}")
+            continue
+        losses.append(reply.metrics["train_loss"])
+        ctx = built.uplink.context(cid, 0)
+        own = add(built.initial_state, built.uplink.decode(reply.payload, built.initial_state, ctx))
+        evaluated = runtime.evaluate(EvalTask(cid, 0), own)
+        if evaluated.ok and evaluated.num_examples > 0:
+            for metric, value in evaluated.metrics.items():
+                record.client_metrics.setdefault(metric, {})[str(cid)] = value
+            record.client_num_examples[str(cid)] = evaluated.num_examples
+    accuracy = record.client_metrics.get("accuracy", {})
+    values = np.array(list(accuracy.values()))
+    record.num_failures = len(record.failures)
+    record.central = {"accuracy": float(values.mean()), "loss": None}
+    record.train_loss = float(np.mean(losses))
+    record.seconds_fit = record.seconds = time.perf_counter() - t
+    log.on_round_end(record)
+    return built.initial_state, {
+        "local_only_epochs": epochs,
+        "local_only_mean": float(values.mean()),
+        "local_only_std": float(values.std()),
+        "local_only_min": float(values.min()),
+        "local_only_max": float(values.max()),
+        "accuracy_is": "mean local-test accuracy of the clients' own models",
+    }
+
+
+def _clients_per_round(built: Built) -> int:
+    s = built.cfg.strategy
+    sampler = ClientSampler(s.clients_per_round, s.fraction, s.min_clients)
+    return sampler.num_to_sample(len(built.data.clients))

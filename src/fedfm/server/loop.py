@@ -1,0 +1,213 @@
+"""The round loop: one function a newcomer can read top to bottom.
+
+Each round: (1) plan, (2) encode the broadcast once and let the clients train through the
+backend, (3) decode and validate the replies (bad ones become failures), (4) reduce, run the
+pipeline's server hooks, apply the server step and check the result is finite, (5) evaluate,
+(6) checkpoint, (7) callbacks (which may stop the run). The loop knows nothing of models,
+transports or privacy: those are the pieces it is given.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedfm.backends.base import Backend
+from fedfm.errors import AggregationError, NotEnoughClientsError
+from fedfm.messages import EvalTask, FitReply, FitResult, FitTask
+from fedfm.pipeline import Pipeline, encode_broadcast
+from fedfm.records import RoundRecord, mean_metrics
+from fedfm.server.replies import Validator
+from fedfm.state import State, all_finite, global_norm, to_bytes
+from fedfm.strategies.base import Strategy
+
+
+class Callback(Protocol):
+    """Sees each round's record; returning True stops the run after that round."""
+
+    def on_round_end(self, record: RoundRecord) -> bool | None:
+        """React to the end of a round."""
+        ...
+
+
+class Progress(Protocol):
+    """Progress display (rich bars in the CLI; silent in tests)."""
+
+    def round_started(self, server_round: int, num_clients: int) -> None:
+        """A round starts training `num_clients` clients."""
+        ...
+
+    def client_done(self, reply: FitReply) -> None:
+        """One client finished (or failed)."""
+        ...
+
+    def round_done(self, record: RoundRecord) -> None:
+        """A round is complete."""
+        ...
+
+
+class SilentProgress:
+    """Shows nothing."""
+
+    def round_started(self, server_round: int, num_clients: int) -> None:
+        """Nothing."""
+
+    def client_done(self, reply: FitReply) -> None:
+        """Nothing."""
+
+    def round_done(self, record: RoundRecord) -> None:
+        """Nothing."""
+
+
+Evaluator = Callable[[State], dict[str, float]]
+Checkpointer = Callable[[int, State, RoundRecord], None]
+
+
+@dataclass
+class LoopParts:
+    """Everything the loop uses, built by `fedfm.build`."""
+
+    strategy: Strategy
+    backend: Backend
+    uplink: Pipeline
+    downlink: Pipeline
+    client_ids: Sequence[int]
+    central_eval: Evaluator
+    checkpoint: Checkpointer
+    seed: int
+    num_rounds: int
+    eval_every: int = 1
+    federated_eval_every: int | None = None
+    min_success_fraction: float = 0.5
+    max_num_examples: int = 10**9
+    callbacks: list[Callback] = field(default_factory=list)
+    progress: Progress = field(default_factory=SilentProgress)
+
+
+def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> State:
+    """Run rounds `start_round + 1 .. num_rounds` and return the final global state.
+
+    Randomness is derived from (seed, round), so a resumed run makes the same choices as an
+    uninterrupted one.
+    """
+    p = parts
+    validator = Validator(p.uplink, p.strategy.reply_extras, p.max_num_examples)
+    for server_round in range(start_round + 1, p.num_rounds + 1):
+        t_round = time.perf_counter()
+        # 1. Plan: who trains this round, with which settings.
+        rng = np.random.default_rng([p.seed, server_round, 0x5A3D])
+        tasks = p.strategy.configure(server_round, p.client_ids, rng)
+        p.progress.round_started(server_round, len(tasks))
+
+        # 2. Clients train through the backend (failures come back as values).
+        t = time.perf_counter()
+        broadcast = encode_broadcast(p.downlink, global_state, server_round)
+        bytes_down = _downlink_bytes(tasks, len(broadcast.payload))
+        replies = p.backend.fit(broadcast, tasks, p.progress.client_done)
+        seconds_fit = time.perf_counter() - t
+
+        # 3. Decode and validate: bad replies become failures; results sorted by client id.
+        t = time.perf_counter()
+        results, failures = validator.decode(replies, tasks, broadcast.state, server_round)
+        needed = max(1, int(np.ceil(p.min_success_fraction * len(tasks))))
+        if len(results) < needed:
+            raise NotEnoughClientsError(
+                f"round {server_round}: {len(results)} of {len(tasks)} clients "
+                f"succeeded, {needed} needed (strategy.min_success_fraction); "
+                f"failures: {failures[:3]}"
+            )
+
+        # 4. Reduce -> pipeline server hooks -> apply; a failed step keeps the old state.
+        global_state, error = _server_step(p, server_round, global_state, results)
+        seconds_aggregate = time.perf_counter() - t
+
+        # 5. Evaluate: centrally, and on clients' local test splits every k rounds.
+        t = time.perf_counter()
+        central: dict[str, float | None] = {"accuracy": None, "loss": None}
+        if server_round % p.eval_every == 0 or server_round == p.num_rounds:
+            central = dict(p.central_eval(global_state))
+            central.pop("num_examples", None)
+        record = RoundRecord(
+            round=server_round,
+            central=central,
+            train_loss=_mean([r.metrics.get("train_loss") for r in results]),
+            update_norm=float(np.median([global_norm(r.update) for r in results])),
+            bytes_up=sum(r.num_bytes for r in replies if r.ok),
+            bytes_down=bytes_down,
+            num_clients=len(tasks),
+            num_failures=len(failures),
+            clients=[task.client_id for task in tasks],
+            failures=failures,
+            error=error,
+            extra=mean_metrics(
+                [r.metrics for r in results], skip=("train_loss", "steps", "num_examples")
+            ),
+        )
+        _federated_eval(p, global_state, server_round, record)
+        record.seconds_fit, record.seconds_aggregate = seconds_fit, seconds_aggregate
+        record.seconds_eval = time.perf_counter() - t
+
+        # 6. Checkpoint (atomic); the record travels with it so a crash loses no metrics.
+        t = time.perf_counter()
+        record.seconds = time.perf_counter() - t_round
+        p.checkpoint(server_round, global_state, record)
+        record.seconds_checkpoint = time.perf_counter() - t
+        record.seconds = time.perf_counter() - t_round
+
+        # 7. Callbacks: metrics log, TensorBoard, early stopping.
+        p.progress.round_done(record)
+        stop = [cb.on_round_end(record) for cb in p.callbacks]
+        if any(stop):
+            break
+    return global_state
+
+
+def _server_step(
+    p: LoopParts, server_round: int, global_state: State, results: list[FitResult]
+) -> tuple[State, str | None]:
+    """Reduce, the uplink's server hooks, apply; on failure restore the strategy's state."""
+    saved = p.strategy.state_dict()
+    try:
+        aggregate = p.strategy.reduce(server_round, global_state, results)
+        aggregate = p.uplink.server_postprocess(aggregate, server_round)
+        new_state = p.strategy.apply(server_round, global_state, aggregate)
+        if not all_finite(new_state):
+            raise AggregationError("the new global state holds NaN or infinite values")
+    except AggregationError as exc:
+        p.strategy.load_state_dict(saved)
+        message = f"round {server_round} failed, the global state is kept: {exc}"
+        warnings.warn(message, stacklevel=2)
+        return global_state, message
+    return new_state, None
+
+
+def _downlink_bytes(tasks: Sequence[FitTask], broadcast_size: int) -> int:
+    """Serialised size of what each client receives (the broadcast is encoded once)."""
+    total = 0
+    for task in tasks:
+        total += broadcast_size if task.state is None else len(to_bytes(task.state))
+        total += sum(len(to_bytes(extra)) for extra in task.extras.values())
+    return total
+
+
+def _federated_eval(parts: LoopParts, state: State, server_round: int, record: RoundRecord) -> None:
+    """Every client evaluates `state` on its local test split every k rounds."""
+    every = parts.federated_eval_every
+    if not every or (server_round % every != 0 and server_round != parts.num_rounds):
+        return
+    tasks = [EvalTask(c, server_round) for c in parts.client_ids]
+    replies = [r for r in parts.backend.evaluate(state, tasks) if r.ok and r.num_examples > 0]
+    for reply in replies:
+        for metric, value in reply.metrics.items():
+            record.client_metrics.setdefault(metric, {})[str(reply.client_id)] = value
+    record.client_num_examples = {str(r.client_id): r.num_examples for r in replies}
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    finite = [v for v in values if isinstance(v, int | float) and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
