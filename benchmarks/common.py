@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedfm.run import run as run_job
 from fedfm.config import Config, config_from_dict, load_config
+from fedfm.run import run as run_job
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# `--quick`: the default job's shape on a tiny random BERT and generated data (seconds).
+QUICK: dict[str, Any] = {
+    "task": {"model": "tiny-bert", "dataset": "synthetic", "max_length": 32},
+    "partition": {"name": "iid", "num_clients": 12},
+    "data": {"test_size": 200},
+}
 
 
 def default_config(changes: dict[str, dict[str, Any] | Any]) -> Config:
@@ -50,3 +58,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def runs_dir(name: str, quick: bool) -> Path:
+    """Where a benchmark keeps its runs: runs/<name>, or a fresh temporary folder in --quick."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}-")) if quick else ROOT / "runs" / name

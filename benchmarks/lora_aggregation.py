@@ -6,18 +6,17 @@ relative Frobenius error ||mean(B)mean(A) - mean(BA)|| / ||mean(BA)||, and the e
 by the `exact` strategy's re-factorisation (the best rank-r approximation, by SVD).
 
 Usage: python benchmarks/lora_aggregation.py [--clients 10]
+       python benchmarks/lora_aggregation.py --quick   (tiny random BERT, 3 clients: seconds)
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import numpy as np
-from common import default_config
-from fedfm.experiment import build
+from common import QUICK, default_config
 
+from fedfm.build import build
 from fedfm.state import add
 from fedfm.strategies.lora_math import (
     exact_aggregate,
@@ -31,17 +30,20 @@ from fedfm.strategies.lora_math import (
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="tiny random BERT, 3 clients")
     args = ap.parse_args()
-    cfg = default_config({"rounds": 1, "strategy": {"clients_per_round": args.clients}})
-    with tempfile.TemporaryDirectory() as tmp:
-        exp = build(cfg, Path(tmp))
-        ins = exp.parts.strategy.configure_fit(1, exp.data.client_ids, np.random.default_rng(0))
-        updates = exp.backend.fit(exp.initial_state, ins)
+    clients = 3 if args.quick else args.clients
+    changes = {"rounds": 1, "strategy": {"clients_per_round": clients}}
+    cfg = default_config({**changes, **(QUICK if args.quick else {})})
+    exp = build(cfg)
+    tasks = exp.strategy.configure(1, exp.data.client_ids, np.random.default_rng(0))
+    replies = [exp.runtime.fit(task, exp.initial_state) for task in tasks]
+    assert all(r.ok for r in replies) and len(replies) == clients
     states, weights = [], []
-    for u in updates:
-        delta = exp.parts.pipeline.decode(u.payload, exp.initial_state, u.client_id, 1)
+    for r in replies:
+        delta = exp.uplink.decode(r.payload, exp.initial_state, exp.uplink.context(r.client_id, 1))
         states.append(add(exp.initial_state, delta))
-        weights.append(float(u.num_examples))
+        weights.append(float(r.num_examples))
     naive = naive_vs_exact_error(states, weights)
     exact = exact_aggregate(states, weights)
     target = product_mean(states, weights)

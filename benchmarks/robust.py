@@ -6,13 +6,14 @@ columns: clean, sign-flip, scale. The norm bound is set to the median honest upd
 the clean FedAvg run's first round (printed). Runs are kept in runs/bench-robust/.
 
 Usage: python benchmarks/robust.py [--rounds 5]
+       python benchmarks/robust.py --quick   (tiny random BERT, 1 round, 2 steps: seconds)
 """
 
 from __future__ import annotations
 
 import argparse
 
-from common import ROOT, default_config, run, table
+from common import QUICK, default_config, run, runs_dir, table
 
 STRATEGIES = {
     "FedAvg": {"name": "fedavg"},
@@ -32,11 +33,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--quick", action="store_true", help="tiny random BERT, 1 round, 2 steps")
     args = ap.parse_args()
-    base = {"rounds": args.rounds, "backend": {"threads": args.threads}}
+    base: dict = {"rounds": args.rounds, "backend": {"threads": args.threads}}
+    if args.quick:
+        base = {**base, **QUICK, "rounds": 1, "client": {"max_steps": 2}}
+    out = runs_dir("bench-robust", args.quick)
+    per_round = {"clients_per_round": 7} if args.quick else {}  # Krum f=2 needs n > 6
     clean = run(
-        default_config({**base, "strategy": {"name": "fedavg"}}),
-        ROOT / "runs" / "bench-robust" / "fedavg-clean",
+        default_config({**base, "strategy": {"name": "fedavg", **per_round}}), out / "fedavg-clean"
     )
     bound = clean[0]["update_norm"]
     print(f"norm bound = median honest update norm of round 1 = {bound:.4f}", flush=True)
@@ -44,18 +49,21 @@ def main() -> None:
     for label, strategy in STRATEGIES.items():
         row = [label]
         for attack_label, attack in ATTACKS.items():
-            strat = dict(strategy)
+            strat = {**strategy, **per_round}
             if strat["name"] == "norm-bound":
                 strat["norm_bound"] = bound
             slug = f"{strat['name']}-{attack['kind']}"
             cfg = default_config({**base, "strategy": strat, "attack": attack})
             print(f"running {label} / {attack_label} ...", flush=True)
-            records = run(cfg, ROOT / "runs" / "bench-robust" / slug)
+            records = run(cfg, out / slug)
             row.append(f"{records[-1]['accuracy']:.3f}")
             print(f"  accuracy {row[-1]}", flush=True)
         rows.append(row)
     print()
-    print(f"Natural split, 50 clients, 10 per round, {args.rounds} rounds, MiniLM + LoRA r=8")
+    if args.quick:
+        print("--quick: tiny random BERT, IID split, 12 clients, 7 per round, 1 round")
+    else:
+        print(f"Natural split, 50 clients, 10 per round, {args.rounds} rounds, MiniLM + LoRA r=8")
     print(table(["strategy", *ATTACKS], rows))
 
 

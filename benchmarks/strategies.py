@@ -11,6 +11,7 @@ the 10-step cap. Runs are kept in runs/bench-strategies/<name> (finished runs wi
 config are reused), so `fedfm compare` can overlay them afterwards.
 
 Usage: python benchmarks/strategies.py [--rounds 10] [--only fedavg,fedprox]
+       python benchmarks/strategies.py --quick   (tiny random BERT, 2 rounds, 2 steps: seconds)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import ROOT, default_config, rounds_to, run, table
+from common import QUICK, default_config, rounds_to, run, runs_dir, table
 
 RUNS = {
     "FedAvg": {"strategy": {"name": "fedavg"}},
@@ -38,7 +39,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-3, help="client learning rate")
     ap.add_argument("--max-steps", type=int, default=10, help="cap on local steps per round")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--quick", action="store_true", help="tiny random BERT, 2 rounds, 2 steps")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.max_steps = 2, 2
+    base = runs_dir("bench-strategies", args.quick)
     only = [x for x in args.only.split(",") if x]
     rows = []
     for label, changes in RUNS.items():
@@ -51,12 +56,19 @@ def main() -> None:
                 "client": {"lr": args.lr, "max_steps": args.max_steps},
                 "backend": {"threads": args.threads},
                 "rounds": args.rounds,
+                **(QUICK if args.quick else {}),
                 **changes,
             }
         )
+        if args.quick:  # the quick split is IID-sized: keep the skew, fewer clients per round
+            cfg = cfg.model_copy(
+                update={"strategy": cfg.strategy.model_copy(update={"clients_per_round": 4})}
+            )
         t = time.perf_counter()
         print(f"running {label} ...", flush=True)
-        records = run(cfg, ROOT / "runs" / "bench-strategies" / slug)
+        records = run(cfg, base / slug)
+        if cfg.mode == "federated":  # every round ran and was logged once
+            assert [r["round"] for r in records] == list(range(1, args.rounds + 1))
         final = records[-1]
         if cfg.mode == "local-only":
             acc = list(final["client_accuracy"].values())

@@ -86,7 +86,7 @@ def run(
     t = time.perf_counter()
     try:
         with build_backend(cfg, built.runtime) as backend:
-            parts = _loop_parts(built, backend, run_dir, [log, *extra], progress)
+            parts = loop_parts(built, backend, run_dir, [log, *extra], progress)
             final = run_rounds(parts, state, start)
             summary = _summary(built, final, log.records(), parts)
     finally:
@@ -97,13 +97,14 @@ def run(
     return final
 
 
-def _loop_parts(
+def loop_parts(
     built: Built,
     backend: Any,
     run_dir: Path,
     callbacks: list[Callback],
     progress: Progress | None,
 ) -> LoopParts:
+    """The round loop's parts for a built job: checkpoints go to `run_dir`."""
     cfg = built.cfg
 
     def checkpoint(server_round: int, state: State, record: RoundRecord) -> None:
