@@ -16,29 +16,12 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from fedfm.configbase import Section
 from fedfm.errors import ConfigError
 from fedfm.stages import STAGES, StageConfig
+from fedfm.strategies.configs import DEFAULT_STRATEGY, STRATEGY_CONFIGS, StrategyField
 from fedfm.tasks.configs import DEFAULT_TASK, TASKS, TaskField
 
 AdapterMethod = Literal["lora", "prompt", "head", "full"]
 PartitionName = Literal["iid", "dirichlet", "shards", "quantity", "natural"]
 OptimizerName = Literal["adamw", "sgd"]
-StrategyName = Literal[
-    "fedavg",
-    "fedavgm",
-    "fedprox",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "scaffold",
-    "median",
-    "trimmed-mean",
-    "krum",
-    "multi-krum",
-    "norm-bound",
-    "exact",
-    "ffa-lora",
-    "hetlora",
-    "flexlora",
-]
 AttackName = Literal["none", "sign-flip", "gaussian", "scale", "label-flip"]
 Mode = Literal["federated", "local-only", "centralised"]
 BackendName = Literal["inprocess"]
@@ -89,34 +72,6 @@ class ClientConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
-
-
-class StrategyConfig(_Section):
-    """Who trains each round and how their updates become the next global state."""
-
-    name: StrategyName = "fedavg"
-    fraction: float | None = Field(None, gt=0, le=1)
-    clients_per_round: int | None = Field(10, ge=1)
-    min_clients: int = Field(1, ge=1)
-    min_success_fraction: float = Field(0.5, ge=0, le=1)
-    max_num_examples: int = Field(10**8, ge=1)  # the largest FedAvg weight a client may claim
-    server_lr: float | None = Field(None, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-    tau: float = Field(1e-3, gt=0)
-    proximal_mu: float = Field(0.01, ge=0)
-    trim_beta: float = Field(0.1, ge=0, lt=0.5)
-    num_byzantine: int = Field(1, ge=0)
-    num_selected: int | None = Field(None, ge=1)
-    norm_bound: float | None = Field(None, gt=0)
-    lora_ranks: list[int] | None = Field(None, min_length=1)
-
-    @model_validator(mode="after")
-    def _one_sampling_rule(self) -> StrategyConfig:
-        if self.fraction is None and self.clients_per_round is None:
-            raise ValueError("set strategy.fraction or strategy.clients_per_round")
-        return self
 
 
 _Stage = Annotated[StageConfig, Field(discriminator="name")]
@@ -172,7 +127,7 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    strategy: StrategyField = Field(default_factory=lambda: STRATEGY_CONFIGS[DEFAULT_STRATEGY]())
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -180,19 +135,8 @@ class Config(_Section):
     attack: AttackConfig = Field(default_factory=AttackConfig)
 
     @model_validator(mode="after")
-    def _ranks_fit(self) -> Config:
-        ranks = self.strategy.lora_ranks
-        if self.strategy.name in ("hetlora", "flexlora"):
-            if self.adapter.method != "lora":
-                raise ValueError(
-                    f"strategy.name={self.strategy.name!r} needs adapter.method='lora'"
-                )
-            if ranks and max(ranks) > self.adapter.r:
-                raise ValueError(
-                    f"strategy.lora_ranks: max {max(ranks)} exceeds adapter.r={self.adapter.r}"
-                )
-        if self.strategy.name in ("exact", "ffa-lora") and self.adapter.method != "lora":
-            raise ValueError(f"strategy.name={self.strategy.name!r} needs adapter.method='lora'")
+    def _cross_checks(self) -> Config:
+        self.strategy.check(self)
         return self
 
 
@@ -272,6 +216,8 @@ def _one_line(exc: ValidationError) -> str:
         section = _section_for(tuple(err["loc"][:-1]))
         allowed = ", ".join(section.model_fields) if section else ""
         return f"{loc}: unknown key (allowed: {allowed})"
+    if err["type"] == "value_error" and not parts:  # a cross-section check names its keys
+        return str(err["msg"]).removeprefix("Value error, ") + more
     got = err.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{loc}: {err['msg']}{got_text}{more}"
@@ -300,4 +246,4 @@ def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-_TAGS: dict[str, type[BaseModel]] = {**TASKS, **STAGES}
+_TAGS: dict[str, type[BaseModel]] = {**TASKS, **STAGES, **STRATEGY_CONFIGS}

@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 
@@ -30,11 +28,8 @@ def test_dirichlet_tiny_alpha_terminates_and_respects_min_size():
     # Prepare
     labels = np.random.default_rng(0).integers(0, 2, size=2000)
     # Execute
-    t = time.perf_counter()
     parts = dirichlet(labels, 100, 0.01, 10, np.random.default_rng(3))
-    took = time.perf_counter() - t
     # Assert
-    assert took < 2.0
     assert min(len(p) for p in parts) >= 10
     assert _is_partition(parts, 2000)
     # alpha=0.01: most clients are (nearly) single-label

@@ -206,16 +206,21 @@ def test_exact_handles_conv_shaped_factors() -> None:
 
 
 def test_exact_lora_strategy_aggregates_client_states() -> None:
-    # Prepare
+    # Prepare: clients share A and differ in B, so mean(B_i A) = mean(B_i) A has rank <= r
+    # and the exact strategy must reproduce it exactly
     glob = lora_state(2, 0)
-    news = [lora_state(2, 1), lora_state(2, 2)]
+    news = []
+    for seed in (1, 2):
+        other = lora_state(2, seed)
+        news.append({k: (other[k] if "lora_B" in k else glob[k]) for k in glob})
     results = [FitResult(c, 10 + c, subtract(s, glob)) for c, s in enumerate(news)]
     # Execute
     out = aggregate(ExactLoRA(ClientSampler(clients_per_round=2)), 1, glob, results)
-    # Assert
-    want = exact_aggregate(news, [10, 11])
+    # Assert: against (10 B_1 + 11 B_2) / 21 @ A, computed here by hand
     for p in PREFIXES:
-        assert torch.allclose(lora_product(out, p), lora_product(want, p), atol=1e-5)
+        a = glob[_a(p)].double()
+        b = (10 * news[0][_b(p)].double() + 11 * news[1][_b(p)].double()) / 21
+        assert torch.allclose(lora_product(out, p), b @ a, atol=1e-5)
 
 
 # ---- FFA-LoRA --------------------------------------------------------------------------

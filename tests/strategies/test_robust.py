@@ -117,17 +117,34 @@ def test_krum_needs_more_than_2f_plus_2_clients() -> None:
         multi_krum(_honest_and_outliers(), 2, 8)
 
 
-def test_krum_strategies_apply_server_lr() -> None:
-    # Prepare
-    results = [FitResult(c, 10**c, u) for c, u in enumerate(_honest_and_outliers())]
-    zero = {"a": torch.zeros(1), "b.weight": torch.zeros(2)}
+# Four scalar updates 0, 1, 3, 10 with f = 0 (n = 4 > 2f + 2): each score sums the squared
+# distances to the n - f - 2 = 2 nearest others. Worked out by hand:
+#   0: 1 + 9 = 10    1: 1 + 4 = 5    3: 4 + 9 = 13    10: 49 + 81 = 130
+HAND = [0.0, 1.0, 3.0, 10.0]
+
+
+def _scalars(values) -> list[State]:
+    return [{"a": torch.tensor([v])} for v in values]
+
+
+def test_krum_scores_match_numbers_worked_out_by_hand() -> None:
+    scores = krum_scores(_scalars(HAND), 0)
+    assert scores.tolist() == [10.0, 5.0, 13.0, 130.0]
+    assert krum_select(_scalars(HAND), 0, m=2) == [1, 0]
+
+
+def test_krum_strategies_apply_server_lr_and_ignore_weights() -> None:
+    # Prepare: the outlier 10 claims the most examples; weights must not matter
+    results = [FitResult(c, 10**c, u) for c, u in enumerate(_scalars(HAND))]
+    zero = {"a": torch.zeros(1)}
     # Execute
-    new = aggregate(MultiKrum(SAMPLER, num_byzantine=2, server_lr=0.5), 1, zero, results)
-    one = aggregate(Krum(SAMPLER, num_byzantine=2), 1, zero, results)
-    # Assert: weights are ignored (client 4, an outlier, claims 10^4 examples).
-    want = [0.5 * v for v in _vec(multi_krum(_honest_and_outliers(), 2, 5))]
-    assert _vec(new) == pytest.approx(want)
-    assert max(abs(v - 1.0) for v in _vec(one)) < 0.5
+    multi = aggregate(
+        MultiKrum(SAMPLER, num_byzantine=0, num_selected=2, server_lr=0.5), 1, zero, results
+    )
+    one = aggregate(Krum(SAMPLER, num_byzantine=0), 1, zero, results)
+    # Assert: Multi-Krum keeps 1 and 0 (mean 0.5) and steps by 0.5; Krum keeps 1
+    assert multi["a"].tolist() == [0.25]
+    assert one["a"].tolist() == [1.0]
 
 
 def test_median_and_trimmed_mean_strategies() -> None:
