@@ -14,8 +14,8 @@ from typing import Any
 from fedfm.client.hooks import ClientHook
 from fedfm.config import Config
 from fedfm.errors import ConfigError
-from fedfm.strategies.base import ClientSampler, Strategy
 from fedfm.strategies import configs as cfgs
+from fedfm.strategies.base import ClientSampler, Strategy
 from fedfm.strategies.configs import STRATEGY_CONFIGS, StrategyConfigBase
 from fedfm.strategies.fedavg import FedAvg
 from fedfm.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
