@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import pairwise
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -81,6 +81,14 @@ class Stage(Protocol):
         """Server side, after the strategy's reduce: transform the aggregate."""
         ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """The stage's server-side state (e.g. an accountant's ledger), for checkpoints."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        ...
+
 
 class StageBase:
     """Identity on the server: no decode, no postprocess. Subclasses set name and kind."""
@@ -97,6 +105,14 @@ class StageBase:
         """Nothing to do."""
         del server_round
         return aggregate
+
+    def state_dict(self) -> dict[str, Any]:
+        """No server-side state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """No server-side state."""
+        del state
 
 
 def check_order(stages: Sequence[Stage], where: str) -> None:
@@ -174,6 +190,22 @@ class Pipeline:
         for stage in reversed(self.stages):
             aggregate = stage.server_postprocess(aggregate, server_round)
         return aggregate
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stages' server-side state as `<position>.<stage>/<key>` entries."""
+        return {
+            f"{i}.{stage.name}/{k}": v
+            for i, stage in enumerate(self.stages)
+            for k, v in stage.state_dict().items()
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        for i, stage in enumerate(self.stages):
+            prefix = f"{i}.{stage.name}/"
+            stage.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            )
 
 
 @dataclass(frozen=True)

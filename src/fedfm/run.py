@@ -74,6 +74,8 @@ def run(
         _check_like(ckpt.global_state, state, run_dir)
         built.strategy.load_state_dict(ckpt.section("strategy"))
         built.store.load_state_dict(ckpt.section("clients"))
+        built.uplink.load_state_dict(ckpt.section("uplink"))
+        built.downlink.load_state_dict(ckpt.section("downlink"))
         state, start = ckpt.global_state, ckpt.server_round
         log.restore(start, ckpt.meta.get("record"))
     extra = list(callbacks or [])
@@ -113,6 +115,8 @@ def loop_parts(
             "global": state,
             "strategy": built.strategy.state_dict(),
             "clients": built.store.state_dict(),
+            "uplink": built.uplink.state_dict(),
+            "downlink": built.downlink.state_dict(),
         }
         save_checkpoint(run_dir, server_round, sections, meta)
 
