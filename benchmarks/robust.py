@@ -43,7 +43,7 @@ def main() -> None:
     clean = run(
         default_config({**base, "strategy": {"name": "fedavg", **per_round}}), out / "fedavg-clean"
     )
-    bound = clean[0]["update_norm"]
+    bound = next(r["update_norm"] for r in clean if r["round"] == 1)
     print(f"norm bound = median honest update norm of round 1 = {bound:.4f}", flush=True)
     rows = []
     for label, strategy in STRATEGIES.items():

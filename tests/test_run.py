@@ -42,13 +42,14 @@ def test_run_writes_metrics_with_required_keys(tiny_cfg, tmp_path):
     final = run(tiny_cfg, tmp_path)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(x) for x in lines]
-    assert [r["round"] for r in records] == [1, 2, 3]
+    assert [r["round"] for r in records] == [0, 1, 2, 3]  # round 0: the starting point
+    assert records[0]["accuracy"] is not None and records[0]["bytes_up"] == 0
     for key in ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "train_loss"):
-        assert all(r[key] is not None for r in records), key
+        assert all(r[key] is not None for r in records[1:]), key
     # bytes up per client = the serialised size of the trainable tensors
     per_client = len(to_bytes({k: torch.zeros_like(v) for k, v in final.items()}))
-    assert records[0]["bytes_up"] == 3 * per_client
-    assert records[0]["bytes_down"] == 3 * per_client
+    assert records[1]["bytes_up"] == 3 * per_client
+    assert records[1]["bytes_down"] == 3 * per_client
     assert (tmp_path / "config.json").exists()
 
 
@@ -74,7 +75,7 @@ def test_crash_after_round_k_then_resume_is_bitwise_identical(tiny_cfg, tmp_path
     # Assert
     assert states_equal(full, resumed)
     rounds = [json.loads(x)["round"] for x in (crashed / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == [1, 2, 3]
+    assert rounds == [0, 1, 2, 3]
 
 
 def test_a_failing_client_is_dropped_and_the_round_goes_on(tiny_cfg, tmp_path):
@@ -106,7 +107,7 @@ def test_tiny_job_matches_the_numbers_stored_in_the_repo(tmp_path):
         final = run(load_config(None, [*TINY, *extra]), tmp_path / name)
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         keys = ("round", "accuracy", "loss", "train_loss", "update_norm", "bytes_up", "bytes_down")
-        got = [{k: json.loads(x)[k] for k in keys} for x in lines]
+        got = [{k: json.loads(x)[k] for k in keys} for x in lines if json.loads(x)["round"] > 0]
         assert got == reference[name]
         assert (
             float(sum(v.double().sum() for v in final.values())) == reference[f"{name}_final_sum"]
@@ -132,14 +133,35 @@ def test_federated_eval_personalisation_summary_and_report(tiny_cfg, tmp_path):
     run(cfg, tmp_path)
     # Assert
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert "client_accuracy" not in records[0]
-    assert set(records[1]["client_accuracy"]) == {str(c) for c in range(6)}
-    assert "client_accuracy" in records[2]  # the last round always evaluates
+    assert "client_accuracy" not in records[1]
+    assert set(records[2]["client_accuracy"]) == {str(c) for c in range(6)}
+    assert "client_accuracy" in records[3]  # the last round always evaluates
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["personalized_accuracy"]) == {str(c) for c in range(6)}
     assert summary["final_accuracy"] == records[-1]["accuracy"]
+    assert summary["seconds_personalize"] > 0
     html = write_report(tmp_path).read_text()
     assert "personalized" in html and "data:image/png;base64" in html
+    assert "tiny-bert on synthetic + LoRA r=8, fedavg, iid split into 6 clients" in html
+
+
+def test_personalisation_evaluates_only_what_it_needs(tmp_path):
+    # Prepare: personalisation without per-client evaluation in the rounds
+    from fedfm.config import load_config
+    from fedfm.report import write_report
+    from tests.helpers import TINY
+
+    cfg = load_config(None, [*TINY, "rounds=1", "eval.personalize_steps=1"])
+    # Execute
+    run(cfg, tmp_path)
+    # Assert: no round evaluated the clients; the summary holds both per-client columns
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert not any("client_accuracy" in r for r in records)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["final_client_accuracy"]) == set(summary["personalized_accuracy"])
+    assert len(summary["personalized_accuracy"]) == 6
+    html = write_report(tmp_path).read_text()
+    assert "personalized" in html and "global model" in html
 
 
 def test_report_compares_with_a_local_only_run(tmp_path):
@@ -230,7 +252,7 @@ def test_resume_survives_a_truncated_last_metrics_line(tiny_cfg, tmp_path):
     resumed = run(stored_config(crashed), crashed, resume=True)
     assert states_equal(full, resumed)
     rounds = [json.loads(x)["round"] for x in metrics.read_text().splitlines()]
-    assert rounds == [1, 2, 3]
+    assert rounds == [0, 1, 2, 3]
 
 
 def test_a_checkpoint_naming_a_foreign_file_is_refused_and_nothing_is_deleted(tiny_cfg, tmp_path):

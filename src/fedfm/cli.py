@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -50,7 +50,9 @@ def run(
             cfg = load_config(config, set_)
             run_dir = out or Path("runs") / "latest"
             start = 0
-        console.print(f"fedfm: {describe(cfg)} -> {run_dir}")
+        from fedfm.report.headline import setup
+
+        console.print(f"fedfm: {setup(cfg.model_dump())} -> {run_dir}")
         with RichProgress(cfg.rounds, start, console) as progress:
             run_job(cfg, run_dir, resume=resume is not None, progress=progress)
     except FedFMError as exc:
@@ -60,17 +62,6 @@ def run(
         raise typer.Exit(code=130) from None
     print_summary(MetricsLog(run_dir).records(), console)
     console.print(f"metrics: {metrics_path(run_dir)}")
-
-
-def describe(cfg: object) -> str:
-    """One line naming the setup: task, model, adapter, partition, strategy, rounds."""
-    c: Any = cfg
-    task = c.task
-    what = f"{task.model} on {task.dataset}" if hasattr(task, "dataset") else task.name
-    return (
-        f"{what} + {c.adapter.method}, {c.partition.num_clients} clients ({c.partition.name}), "
-        f"{c.strategy.name}, {c.rounds} rounds"
-    )
 
 
 @app.command()

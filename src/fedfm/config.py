@@ -98,6 +98,7 @@ class EvalConfig(_Section):
     """Central evaluation of the global state."""
 
     every: int = Field(1, ge=1)
+    initial: bool = True  # round 0: evaluate the starting point before any training
     federated_every: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=1)
     personalize_steps: int = Field(0, ge=0)

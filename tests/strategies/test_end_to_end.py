@@ -24,7 +24,9 @@ def _cfg(*extra):
 
 
 def _records(run_dir):
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rounds' records (round 0, the evaluated starting point, left out)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["round"] > 0]
 
 
 EXTRA = {

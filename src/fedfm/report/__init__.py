@@ -5,12 +5,25 @@
 - `fairness_stats(acc, ...)`: mean, weighted mean, worst 10%, spread over clients.
 - `TensorBoardCallback(log_dir)`: per-round scalars to TensorBoard (extra `fedfm[tensorboard]`).
 
-Sections of a report live in `sections.py`, one function each, in a registry.
+Sections of a report live in `sections.py`, one function each, in a registry. The names here
+are imported lazily, so reading a headline or logging to TensorBoard never loads matplotlib.
 """
 
-from fedfm.report.compare import write_compare
-from fedfm.report.fairness import fairness_stats
-from fedfm.report.report import write_report
-from fedfm.report.tensorboard import TensorBoardCallback
+from __future__ import annotations
 
-__all__ = ["TensorBoardCallback", "fairness_stats", "write_compare", "write_report"]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "write_compare": "fedfm.report.compare",
+    "fairness_stats": "fedfm.report.fairness",
+    "write_report": "fedfm.report.report",
+    "TensorBoardCallback": "fedfm.report.tensorboard",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'fedfm.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(_NAMES[name]), name)

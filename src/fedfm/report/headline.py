@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,3 +38,32 @@ def headline(records: Sequence[Record]) -> dict[str, float | int | None]:
         "bytes_down": _total(records, "bytes_down"),
         "seconds": _total(records, "seconds"),
     }
+
+
+def setup(config: Mapping[str, Any]) -> str:
+    """One line naming a run's setup from its config: model and data, adapter, strategy,
+    partition and clients per round (empty when the config is unknown)."""
+    if not config:
+        return ""
+    task = config.get("task", {})
+    what = (
+        f"{task['model']} on {task['dataset']}"
+        if "model" in task and "dataset" in task
+        else str(task.get("name", "?"))
+    )
+    adapter = config.get("adapter", {})
+    how = str(adapter.get("method", "?"))
+    if how == "lora":
+        how = f"LoRA r={adapter.get('r')}"
+    part = config.get("partition", {})
+    split = str(part.get("name", "?"))
+    if split == "dirichlet":
+        split = f"Dirichlet α={part.get('alpha')}"
+    strategy = config.get("strategy", {})
+    per_round = strategy.get("clients_per_round") or f"{strategy.get('fraction')} of"
+    mode = config.get("mode", "federated")
+    who = strategy.get("name", "?") if mode == "federated" else mode
+    return (
+        f"{what} + {how}, {who}, {split} split into {part.get('num_clients')} clients, "
+        f"{per_round} per round, {config.get('rounds')} rounds"
+    )

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from fedfm.report import htmlkit as hk
 from fedfm.report.fairness import fairness_stats
-from fedfm.report.headline import headline
+from fedfm.report.headline import headline, setup
 from fedfm.report.metrics_io import Record, RunData, has_numbers, is_number, last_with, series
 from fedfm.report.plots import (
     Curve,
@@ -93,6 +93,7 @@ def headline_section(run: RunData, out_dir: Path) -> str:
     h = headline(run.records)
     best = h["best_accuracy"]
     rows = [
+        ("setup", setup(run.config) or None),
         ("final accuracy", h["final_accuracy"]),
         (
             "best accuracy",
@@ -150,8 +151,11 @@ def communication_section(run: RunData, out_dir: Path) -> str | None:
 def client_accuracy_section(run: RunData, out_dir: Path) -> str | None:
     """Distribution and fairness of accuracy over clients, at the last federated-eval round."""
     record = last_with(run.records, "client_accuracy")
-    if record is None:
-        return None
+    if record is None:  # no federated evaluation: the personalisation baseline's, if any
+        final = (run.summary or {}).get("final_client_accuracy")
+        if not isinstance(final, Mapping) or not final:
+            return None
+        record = {"round": run.records[-1]["round"], "client_accuracy": final}
     accuracy = {str(k): float(v) for k, v in record["client_accuracy"].items() if is_number(v)}
     if not accuracy:
         return None

@@ -38,6 +38,11 @@ def run_centralised(built: Built, log: MetricsLog) -> State:
     model.set_state(built.initial_state)
     c = cfg.client
     opt = make_optimizer(list(model.params.values()), c.optimizer, c.lr, c.weight_decay, c.momentum)
+    if cfg.eval.initial:  # round 0: the starting point, as in a federated run
+        start = built.central_eval(built.initial_state)
+        start.pop("num_examples", None)
+        log.on_round_end(RoundRecord(round=0, central=dict(start)))
+        model.set_state(built.initial_state)
     for server_round in range(1, cfg.rounds + 1):
         t = time.perf_counter()
         local = local_train(

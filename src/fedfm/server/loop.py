@@ -85,6 +85,7 @@ class LoopParts:
     federated_eval_every: int | None = None
     min_success_fraction: float = 0.5
     max_num_examples: int = 10**9
+    evaluate_initial: bool = True
     callbacks: list[Callback] = field(default_factory=list)
     progress: Progress = field(default_factory=SilentProgress)
 
@@ -97,6 +98,8 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
     """
     p = parts
     validator = Validator(p.uplink, p.strategy.reply_extras, p.max_num_examples)
+    if start_round == 0 and p.evaluate_initial:
+        _initial_record(p, global_state)
     for server_round in range(start_round + 1, p.num_rounds + 1):
         t_round = time.perf_counter()
         # 1. Plan: who trains this round, with which settings.
@@ -165,6 +168,17 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
         if any(stop):
             break
     return global_state
+
+
+def _initial_record(p: LoopParts, global_state: State) -> None:
+    """Round 0: the starting point (the FM before any federated training), evaluated."""
+    t = time.perf_counter()
+    central: dict[str, float | None] = dict(p.central_eval(global_state))
+    central.pop("num_examples", None)
+    seconds = time.perf_counter() - t
+    record = RoundRecord(round=0, central=central, seconds_eval=seconds, seconds=seconds)
+    for cb in p.callbacks:
+        cb.on_round_end(record)
 
 
 def _server_step(
