@@ -47,8 +47,9 @@ def test_models_and_datasets_list_the_catalogue():
 
 
 def test_show_config_resolves_defaults_and_overrides():
-    out = _run("show-config", "--set", "rounds=4").stdout
+    out = _run("show-config", "--set", "rounds=4", "--set", "eval.federated_every=null").stdout
     assert json.loads(out)["rounds"] == 4
+    assert json.loads(out)["eval"]["federated_every"] is None
 
 
 def test_report_without_metrics_exits_nonzero_with_one_line(tmp_path):

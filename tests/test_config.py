@@ -35,6 +35,8 @@ def test_override_types_are_parsed():
         ("partition.bogus=1", "partition.bogus: unknown key (allowed: name, num_clients"),
         ("client.optimizer=adam", "client.optimizer: Input should be 'adamw' or 'sgd'"),
         ("nothing", "--set expects key=value"),
+        ("pipeline.uplink=[{clip_norm=1}]", "pipeline.uplink.0.name: missing (one of clip, fp16"),
+        ("pipeline.uplink=[{name='clip', bogus=1}]", "pipeline.uplink.0.bogus: unknown key"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override, fragment):

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from fedfm.configbase import Section
 from fedfm.errors import ConfigError
-from fedfm.stages import STAGES, StageConfig
+from fedfm.stages import STAGES, StageField
 from fedfm.strategies.configs import DEFAULT_STRATEGY, STRATEGY_CONFIGS, StrategyField
-from fedfm.tasks.configs import DEFAULT_TASK, TASKS, TaskField
+from fedfm.tasks.configs import TASKS, TaskField, TextClassificationConfig
 
 AdapterMethod = Literal["lora", "prompt", "head", "full"]
 PartitionName = Literal["iid", "dirichlet", "shards", "quantity", "natural"]
@@ -74,15 +74,12 @@ class ClientConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0)
 
 
-_Stage = Annotated[StageConfig, Field(discriminator="name")]
-
-
 class PipelineConfig(_Section):
     """The update pipelines: `[[pipeline.uplink]]` (client -> server) and
     `[[pipeline.downlink]]` (the broadcast); order matters, invalid orders are refused."""
 
-    uplink: list[_Stage] = Field(default_factory=list)
-    downlink: list[_Stage] = Field(default_factory=list)
+    uplink: list[StageField] = Field(default_factory=list)
+    downlink: list[StageField] = Field(default_factory=list)
 
 
 class AttackConfig(_Section):
@@ -123,7 +120,7 @@ class Config(_Section):
     seed: int = 0
     rounds: int = Field(10, ge=1)
     mode: Mode = "federated"
-    task: TaskField = Field(default_factory=lambda: TASKS[DEFAULT_TASK]())
+    task: TaskField = Field(default_factory=TextClassificationConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
@@ -210,6 +207,8 @@ def _one_line(exc: ValidationError) -> str:
     parts = _strip_tags(err["loc"], err.get("input"))
     loc = ".".join(str(p) for p in parts) or "config"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    if err["type"] == "union_tag_not_found":  # only stage entries have no default name
+        return f"{loc}.name: missing (one of {', '.join(STAGES)}){more}"
     if err["type"] == "union_tag_invalid":
         ctx = err.get("ctx", {})
         return f"{loc}.name: {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}{more}"

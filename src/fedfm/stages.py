@@ -12,13 +12,21 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from fedfm.configbase import Section
+from fedfm.configbase import Section, by_name, tagged_union
 
 if TYPE_CHECKING:
     from fedfm.pipeline import Stage
 
 
-class ClipConfig(Section):
+class StageConfigBase(Section):
+    """A stage's settings; `build` makes the stage."""
+
+    def build(self) -> Stage:
+        """The stage."""
+        raise NotImplementedError
+
+
+class ClipConfig(StageConfigBase):
     """`clip`: scale each update to an L2 norm of at most `clip_norm`."""
 
     name: Literal["clip"] = "clip"
@@ -31,7 +39,7 @@ class ClipConfig(Section):
         return ClipNorm(self.clip_norm)
 
 
-class Fp16Config(Section):
+class Fp16Config(StageConfigBase):
     """`fp16`: float16 on the wire (saturating)."""
 
     name: Literal["fp16"] = "fp16"
@@ -43,7 +51,7 @@ class Fp16Config(Section):
         return Float16()
 
 
-class Bf16Config(Section):
+class Bf16Config(StageConfigBase):
     """`bf16`: bfloat16 on the wire."""
 
     name: Literal["bf16"] = "bf16"
@@ -55,12 +63,14 @@ class Bf16Config(Section):
         return BFloat16()
 
 
-STAGES: dict[str, type[ClipConfig] | type[Fp16Config] | type[Bf16Config]] = {
-    cls.model_fields["name"].default: cls for cls in (ClipConfig, Fp16Config, Bf16Config)
-}
-StageConfig = ClipConfig | Fp16Config | Bf16Config
+STAGES: dict[str, type[StageConfigBase]] = by_name([ClipConfig, Fp16Config, Bf16Config])
+
+if TYPE_CHECKING:
+    StageField = StageConfigBase
+else:  # pydantic: chosen by `name`, which every stage entry must give
+    StageField = tagged_union(STAGES)
 
 
-def build_stages(configs: Sequence[StageConfig]) -> list[Stage]:
+def build_stages(configs: Sequence[StageConfigBase]) -> list[Stage]:
     """The stages of a pipeline, in config order."""
     return [c.build() for c in configs]

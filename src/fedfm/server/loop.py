@@ -201,11 +201,19 @@ def _server_step(
 
 
 def _downlink_bytes(tasks: Sequence[FitTask], broadcast_size: int) -> int:
-    """Serialised size of what each client receives (the broadcast is encoded once)."""
+    """Serialised size of what each client receives (the broadcast is encoded once; a state
+    or extra shared by several tasks is measured once)."""
+    sizes: dict[int, int] = {}
+
+    def size(state: State) -> int:
+        if id(state) not in sizes:
+            sizes[id(state)] = len(to_bytes(state))
+        return sizes[id(state)]
+
     total = 0
     for task in tasks:
-        total += broadcast_size if task.state is None else len(to_bytes(task.state))
-        total += sum(len(to_bytes(extra)) for extra in task.extras.values())
+        total += broadcast_size if task.state is None else size(task.state)
+        total += sum(size(extra) for extra in task.extras.values())
     return total
 
 

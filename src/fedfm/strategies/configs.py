@@ -7,11 +7,11 @@ from `STRATEGY_CONFIGS`; `fedfm.strategies.registry` maps each name to its two h
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Field, model_validator
 
-from fedfm.configbase import Section
+from fedfm.configbase import Section, by_name, tagged_union
 
 if TYPE_CHECKING:
     from fedfm.config import Config
@@ -171,9 +171,8 @@ class FlexLoRAConfig(_RankedConfig):
     name: Literal["flexlora"] = "flexlora"
 
 
-STRATEGY_CONFIGS: dict[str, type[StrategyConfigBase]] = {
-    cls.model_fields["name"].default: cls
-    for cls in (
+STRATEGY_CONFIGS: dict[str, type[StrategyConfigBase]] = by_name(
+    [
         FedAvgConfig,
         FedAvgMConfig,
         FedProxConfig,
@@ -190,22 +189,12 @@ STRATEGY_CONFIGS: dict[str, type[StrategyConfigBase]] = {
         FFALoRAConfig,
         HetLoRAConfig,
         FlexLoRAConfig,
-    )
-}
+    ]
+)
 DEFAULT_STRATEGY = "fedavg"
-
-
-def _strategy_name(value: Any) -> str:
-    """The strategy's name; a `[strategy]` section without one is FedAvg."""
-    if isinstance(value, dict):
-        return str(value.get("name", DEFAULT_STRATEGY))
-    return str(getattr(value, "name", DEFAULT_STRATEGY))
 
 
 if TYPE_CHECKING:  # type checkers see the base; builders receive their own class
     StrategyField = StrategyConfigBase
-else:  # pydantic: a union tagged by `name`, built from the one list above
-    StrategyField = Annotated[
-        Union[tuple(Annotated[c, Tag(n)] for n, c in STRATEGY_CONFIGS.items())],  # noqa: UP007
-        Discriminator(_strategy_name),
-    ]
+else:  # pydantic: chosen by `name`, a `[strategy]` section without one is FedAvg
+    StrategyField = tagged_union(STRATEGY_CONFIGS, DEFAULT_STRATEGY)

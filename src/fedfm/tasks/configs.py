@@ -5,11 +5,11 @@ Each task owns its settings; the config's task union is generated from `TASKS`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Field
 
-from fedfm.configbase import Section
+from fedfm.configbase import Section, by_name, tagged_union
 
 
 class TextClassificationConfig(Section):
@@ -29,26 +29,10 @@ class DigitsConfig(Section):
     hidden: int = Field(64, ge=4, le=4096)
 
 
-TaskConfig = TextClassificationConfig | DigitsConfig
-TASKS: dict[str, type[TextClassificationConfig] | type[DigitsConfig]] = {
-    cls.model_fields["name"].default: cls for cls in (TextClassificationConfig, DigitsConfig)
-}
+TASKS: dict[str, type[Section]] = by_name([TextClassificationConfig, DigitsConfig])
 DEFAULT_TASK = "text_classification"
 
-
-def _task_name(value: Any) -> str:
-    """The task's name; a `[task]` section without one is the default task."""
-    if isinstance(value, dict):
-        return str(value.get("name", DEFAULT_TASK))
-    return str(getattr(value, "name", DEFAULT_TASK))
-
-
-def _tag(cls: type[Section]) -> Tag:
-    return Tag(cls.model_fields["name"].default)
-
-
-TaskField = Annotated[
-    Annotated[TextClassificationConfig, _tag(TextClassificationConfig)]
-    | Annotated[DigitsConfig, _tag(DigitsConfig)],
-    Discriminator(_task_name),
-]
+if TYPE_CHECKING:
+    TaskField = TextClassificationConfig | DigitsConfig
+else:  # pydantic: chosen by `name`, a `[task]` section without one is the default task
+    TaskField = tagged_union(TASKS, DEFAULT_TASK)
