@@ -204,7 +204,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def _one_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    parts = _strip_tags(err["loc"], err.get("input"))
+    parts = _strip_tags(err["loc"])
     loc = ".".join(str(p) for p in parts) or "config"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
     if err["type"] == "union_tag_not_found":  # only stage entries have no default name
@@ -223,7 +223,7 @@ def _one_line(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}{got_text}{more}"
 
 
-def _strip_tags(loc: tuple[Any, ...], value: Any) -> list[Any]:
+def _strip_tags(loc: tuple[Any, ...]) -> list[Any]:
     """Drop the union tags pydantic puts in a location (`task.digits.hidden` -> `task.hidden`)."""
     return [p for p in loc if not (isinstance(p, str) and p in _TAGS)]
 
