@@ -29,10 +29,50 @@ class DigitsConfig(Section):
     hidden: int = Field(64, ge=4, le=4096)
 
 
-TASKS: dict[str, type[Section]] = by_name([TextClassificationConfig, DigitsConfig])
+InstructionCategory = Literal["sentiment", "debate_party", "debate_speaker", "hamlet", "hamlet_speaker"]
+INSTRUCTION_CATEGORIES: tuple[str, ...] = (
+    "sentiment",
+    "debate_party",
+    "debate_speaker",
+    "hamlet",
+    "hamlet_speaker",
+)
+
+
+class InstructionConfig(Section):
+    """`instruction`: instruction tuning of a causal LM on templated tasks from the corpora."""
+
+    name: Literal["instruction"] = "instruction"
+    model: Literal["smollm2-135m", "tiny-llama"] = "smollm2-135m"
+    categories: list[InstructionCategory] = Field(
+        default_factory=lambda: list(INSTRUCTION_CATEGORIES), min_length=1
+    )
+    per_category: int = Field(400, ge=10)  # examples built per category (before splits)
+    max_length: int = Field(128, ge=16, le=2048)  # prompt + response tokens
+    max_new_tokens: int = Field(8, ge=1, le=256)  # cap of evaluation's greedy generation
+    generate_eval: int = Field(200, ge=0)  # held-out examples answered by generation (0: none)
+    pretrained: bool = True
+    gradient_checkpointing: bool = False
+
+
+class ImageClassificationConfig(Section):
+    """`image_classification`: a vision model of the catalogue on a packaged image set."""
+
+    name: Literal["image_classification"] = "image_classification"
+    model: Literal["efficientnet-lite0", "tiny-cnn"] = "efficientnet-lite0"
+    dataset: Literal["fashion_mnist", "mnist_5k"] = "fashion_mnist"
+    image_size: int = Field(64, ge=16, le=512)
+    pretrained: bool = True
+
+
+TASKS: dict[str, type[Section]] = by_name(
+    [TextClassificationConfig, DigitsConfig, InstructionConfig, ImageClassificationConfig]
+)
 DEFAULT_TASK = "text_classification"
 
 if TYPE_CHECKING:
-    TaskField = TextClassificationConfig | DigitsConfig
+    TaskField = (
+        TextClassificationConfig | DigitsConfig | InstructionConfig | ImageClassificationConfig
+    )
 else:  # pydantic: chosen by `name`, a `[task]` section without one is the default task
     TaskField = tagged_union(TASKS, DEFAULT_TASK)

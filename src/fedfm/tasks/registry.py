@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedfm.tasks.base import Task
-from fedfm.tasks.configs import DigitsConfig, TextClassificationConfig
+from fedfm.tasks.configs import (
+    DigitsConfig,
+    ImageClassificationConfig,
+    InstructionConfig,
+    TextClassificationConfig,
+)
 
 if TYPE_CHECKING:
     from fedfm.config import Config
@@ -25,4 +30,12 @@ def build_task(cfg: Config) -> Task:
         from fedfm.tasks.digits import Digits
 
         return Digits(t.hidden, cfg.data.max_examples, cfg.seed)
+    if isinstance(t, InstructionConfig):
+        from fedfm.tasks.instruction import Instruction
+
+        return Instruction(t, cfg.data.max_examples, cfg.seed)
+    if isinstance(t, ImageClassificationConfig):
+        from fedfm.tasks.image_classification import ImageClassification
+
+        return ImageClassification(t, cfg.data.max_examples, cfg.seed)
     raise AssertionError(f"no builder for task {t.name!r}")  # the config union forbids this
