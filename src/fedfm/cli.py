@@ -1,4 +1,4 @@
-"""The `fedfm` command: run, models, datasets, show-config, report, compare."""
+"""The `fedfm` command: run, models, datasets, show-config, report, compare, export, generate."""
 
 from __future__ import annotations
 
@@ -53,14 +53,15 @@ def run(
         from fedfm.report.headline import setup
 
         console.print(f"fedfm: {setup(cfg.model_dump())} -> {run_dir}")
-        with RichProgress(cfg.rounds, start, console) as progress:
+        metric = cfg.task.primary_metric
+        with RichProgress(cfg.rounds, start, console, metric) as progress:
             run_job(cfg, run_dir, resume=resume is not None, progress=progress)
     except FedFMError as exc:
         _fail(exc)
     except KeyboardInterrupt:
         err_console.print(f"interrupted: continue with  fedfm run --resume {run_dir}")
         raise typer.Exit(code=130) from None
-    print_summary(MetricsLog(run_dir).records(), console)
+    print_summary(MetricsLog(run_dir).records(), console, metric)
     console.print(f"metrics: {metrics_path(run_dir)}")
 
 
@@ -127,6 +128,54 @@ def compare(
     except FedFMError as exc:
         _fail(exc)
     console.print(f"comparison: {path}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    out: Annotated[
+        Path | None, typer.Option(help="folder to write (default RUN_DIR/adapter)")
+    ] = None,
+) -> None:
+    """Write the run's adapter in PEFT's format (loadable with PeftModel.from_pretrained)."""
+    from fedfm.export import export_adapter
+    from fedfm.rundir import ADAPTER_DIR
+
+    try:
+        path = export_adapter(run_dir, out or run_dir / ADAPTER_DIR)
+    except FedFMError as exc:
+        _fail(exc)
+    console.print(f"adapter: {path}")
+
+
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="an instruction-tuning run directory")],
+    prompt: Annotated[str | None, typer.Option(help="the user message to answer")] = None,
+    interactive: Annotated[bool, typer.Option(help="keep asking for prompts")] = False,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=2048)] = 128,
+) -> None:
+    """Answer a prompt with the base model and the run's adapter (streamed)."""
+    import sys
+
+    from fedfm.export import chat, load_run_model
+
+    if prompt is None and not interactive:
+        _fail(FedFMError("give --prompt TEXT or --interactive"))
+    try:
+        loaded = load_run_model(run_dir)
+        if prompt is not None:
+            chat(loaded, prompt, max_new_tokens, sys.stdout)
+        while interactive:
+            try:
+                text = input("> ").strip()
+            except EOFError:
+                break
+            if text in ("", "exit", "quit"):
+                break
+            chat(loaded, text, max_new_tokens, sys.stdout)
+    except FedFMError as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

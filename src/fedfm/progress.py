@@ -16,10 +16,18 @@ class RichProgress:
         num_rounds: total rounds of the run.
         start_round: rounds already done (on resume).
         console: where to draw.
+        metric: the central metric shown beside the rounds bar.
     """
 
-    def __init__(self, num_rounds: int, start_round: int = 0, console: Console | None = None):
+    def __init__(
+        self,
+        num_rounds: int,
+        start_round: int = 0,
+        console: Console | None = None,
+        metric: str = "accuracy",
+    ):
         self.console = console or Console()
+        self.metric = metric
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -51,8 +59,8 @@ class RichProgress:
         self.bar.update(self.clients, info=info)
 
     def round_done(self, record: RoundRecord) -> None:
-        """Advance the rounds bar and show the latest accuracy."""
-        acc = record.central.get("accuracy")
-        info = "" if acc is None else f"acc {acc:.4f}"
+        """Advance the rounds bar and show the latest value of the central metric."""
+        value = record.central.get(self.metric)
+        info = "" if value is None else f"{self.metric} {value:.4f}"
         self.bar.advance(self.rounds)
         self.bar.update(self.rounds, info=info)

@@ -170,17 +170,26 @@ def mean_metrics(
     return {k: math.fsum(v) / len(v) for k, v in sums.items()}
 
 
-def summary_table(records: list[Json]) -> Any:
-    """A rich table: one row per round with accuracy, loss, bytes and seconds."""
+def summary_table(records: list[Json], metric: str = "accuracy") -> Any:
+    """A rich table: one row per round with the primary metric, loss, bytes and seconds."""
     from rich.table import Table
 
     table = Table(title="fedfm run summary")
-    for col in ("round", "accuracy", "loss", "train loss", "clients", "KB up", "KB down", "s"):
+    for col in (
+        "round",
+        metric.replace("_", " "),
+        "loss",
+        "train loss",
+        "clients",
+        "KB up",
+        "KB down",
+        "s",
+    ):
         table.add_column(col, justify="right")
     for r in records:
         table.add_row(
             str(r["round"]),
-            _fmt(r.get("accuracy"), ".4f"),
+            _fmt(r.get(metric), ".4f"),
             _fmt(r.get("loss"), ".4f"),
             _fmt(r.get("train_loss"), ".4f"),
             f"{r.get('num_clients', 0) - r.get('num_failures', 0)}/{r.get('num_clients', 0)}",
@@ -191,11 +200,11 @@ def summary_table(records: list[Json]) -> Any:
     return table
 
 
-def print_summary(records: list[Json], console: Any = None) -> None:
-    """Print `summary_table(records)`."""
+def print_summary(records: list[Json], console: Any = None, metric: str = "accuracy") -> None:
+    """Print `summary_table(records, metric)`."""
     from rich.console import Console
 
-    (console or Console()).print(summary_table(records))
+    (console or Console()).print(summary_table(records, metric))
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -23,7 +23,7 @@ from fedfm.config import Config, apply_override, config_from_dict
 from fedfm.errors import CheckpointError, TransportError
 from fedfm.messages import EvalReply, EvalTask
 from fedfm.records import MetricsLog, RoundRecord
-from fedfm.rundir import TENSORBOARD, config_path, metrics_path, summary_path
+from fedfm.rundir import TENSORBOARD, config_path, data_card_path, metrics_path, summary_path
 from fedfm.server.loop import Callback, LoopParts, Progress, SilentProgress, run_rounds
 from fedfm.state import State, shaped_like
 
@@ -65,6 +65,7 @@ def run(
         summary_path(run_dir).unlink(missing_ok=True)
     built = build(cfg, federated=cfg.mode == "federated", extra_hooks=extra_hooks)
     atomic_write_bytes(config_path(run_dir), json.dumps(cfg.model_dump(), indent=2).encode())
+    _write_data_card(built, run_dir)
     log = MetricsLog(run_dir)
     if cfg.mode != "federated":
         return _run_baseline(built, log, run_dir)
@@ -135,9 +136,18 @@ def loop_parts(
         min_success_fraction=cfg.strategy.min_success_fraction,
         max_num_examples=cfg.strategy.max_num_examples,
         evaluate_initial=cfg.eval.initial,
+        primary_metric=built.task.primary_metric,
         callbacks=callbacks,
         progress=progress or SilentProgress(),
     )
+
+
+def _write_data_card(built: Built, run_dir: Path) -> None:
+    """`data_card.json` for a task that describes its data (sources, templates, counts)."""
+    describe = getattr(built.task, "data_card", None)
+    if callable(describe):
+        card = describe(built.data)
+        atomic_write_bytes(data_card_path(run_dir), json.dumps(card, indent=1).encode())
 
 
 def check_resumable(cfg: Config, meta: dict[str, Any]) -> None:
@@ -178,15 +188,17 @@ def _run_baseline(built: Built, log: MetricsLog, run_dir: Path) -> State:
         extra: dict[str, Any] = {}
     else:
         final, extra = run_local_only(built, log)
-    summary = {**_final_figures(log.records()), **extra, "mode": cfg.mode}
+    metric = built.task.primary_metric
+    summary = {**_final_figures(log.records(), metric), **extra, "mode": cfg.mode}
     atomic_write_bytes(summary_path(run_dir), json.dumps(summary, indent=1).encode())
     return final
 
 
-def _final_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+def _final_figures(records: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     last = records[-1] if records else {}
     return {
-        "final_accuracy": last.get("accuracy"),
+        "primary_metric": metric,
+        f"final_{metric}": last.get(metric),
         "final_loss": last.get("loss"),
         "rounds": last.get("round"),
         "bytes_up_total": sum(r.get("bytes_up", 0) for r in records),
@@ -199,27 +211,30 @@ def _summary(
 ) -> dict[str, Any]:
     """Final figures: last central metrics, totals, and the personalisation baseline."""
     cfg = built.cfg
-    summary = _final_figures(records)
+    metric = built.task.primary_metric
+    summary = _final_figures(records, metric)
     steps = cfg.eval.personalize_steps
     if steps > 0:  # the personalisation baseline, and only what it needs
         t = time.perf_counter()
         tasks = [EvalTask(c, cfg.rounds + 1, personalize_steps=steps) for c in parts.client_ids]
-        summary["personalized_accuracy"] = _client_accuracy(parts.backend.evaluate(final, tasks))
-        if "client_accuracy" not in (records[-1] if records else {}):
+        summary[f"personalized_{metric}"] = _client_metric(
+            parts.backend.evaluate(final, tasks), metric
+        )
+        if f"client_{metric}" not in (records[-1] if records else {}):
             # the global model's per-client accuracy beside it, unless the last round has it
             tasks = [EvalTask(c, cfg.rounds + 1) for c in parts.client_ids]
-            summary["final_client_accuracy"] = _client_accuracy(
-                parts.backend.evaluate(final, tasks)
+            summary[f"final_client_{metric}"] = _client_metric(
+                parts.backend.evaluate(final, tasks), metric
             )
         summary["seconds_personalize"] = time.perf_counter() - t
     return summary
 
 
-def _client_accuracy(replies: list[EvalReply]) -> dict[str, float]:
+def _client_metric(replies: list[EvalReply], metric: str) -> dict[str, float]:
     return {
-        str(r.client_id): r.metrics["accuracy"]
+        str(r.client_id): r.metrics[metric]
         for r in replies
-        if r.ok and r.num_examples > 0 and "accuracy" in r.metrics
+        if r.ok and r.num_examples > 0 and metric in r.metrics
     }
 
 

@@ -12,11 +12,18 @@ CHECKPOINT_TENSORS = "checkpoint-{round}.safetensors"  # named by checkpoint.jso
 REPORT_DIR = "report"  # report.html and its PNGs
 REPORT = "report.html"
 TENSORBOARD = "tensorboard"
+DATA_CARD = "data_card.json"  # where the examples came from, templates, counts, split sizes
+ADAPTER_DIR = "adapter"  # `fedfm export`'s default: the adapter in PEFT's own format
 
 
 def config_path(run_dir: Path) -> Path:
     """`RUN_DIR/config.json`."""
     return Path(run_dir) / CONFIG
+
+
+def data_card_path(run_dir: Path) -> Path:
+    """`RUN_DIR/data_card.json`."""
+    return Path(run_dir) / DATA_CARD
 
 
 def metrics_path(run_dir: Path) -> Path:

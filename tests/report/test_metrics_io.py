@@ -86,8 +86,8 @@ def test_headline_figures(tmp_path: Path) -> None:
     h = headline(run.records)
 
     # Assert
-    assert h["final_accuracy"] == pytest.approx(0.7)
-    assert h["best_accuracy"] == pytest.approx(0.7)
+    assert h["final"] == pytest.approx(0.7)
+    assert h["best"] == pytest.approx(0.7)
     assert h["best_round"] == 4
     assert h["rounds"] == 5
     assert h["bytes_up"] == 3000 * (1 + 2 + 3 + 4 + 5)

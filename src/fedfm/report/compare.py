@@ -53,8 +53,8 @@ def _overlay(
 def _figures_table(runs: Sequence[RunData], labels: Sequence[str]) -> str:
     header = [
         "run",
-        "final accuracy",
-        "best accuracy",
+        "final",
+        "best",
         "rounds",
         "total bytes up",
         "total bytes down",
@@ -62,12 +62,12 @@ def _figures_table(runs: Sequence[RunData], labels: Sequence[str]) -> str:
     ]
     rows = []
     for run, label in zip(runs, labels, strict=True):
-        h = headline(run.records)
+        h = headline(run.records, run.metric)
         rows.append(
             [
                 label,
-                h["final_accuracy"],
-                h["best_accuracy"],
+                _with_metric(h["final"], run.metric),
+                _with_metric(h["best"], run.metric),
                 h["rounds"],
                 hk.format_bytes(h["bytes_up"]),
                 hk.format_bytes(h["bytes_down"]),
@@ -75,6 +75,10 @@ def _figures_table(runs: Sequence[RunData], labels: Sequence[str]) -> str:
             ]
         )
     return hk.table(rows, header)
+
+
+def _with_metric(value: float | int | None, metric: str) -> str | None:
+    return None if value is None else f"{hk.format_value(value)} ({metric.replace('_', ' ')})"
 
 
 def write_compare(run_dirs: Sequence[Path], out: Path) -> Path:

@@ -15,23 +15,24 @@ def _total(records: Sequence[Record], key: str) -> float | None:
     return float(np.nansum(series(records, key)[1])) if has_numbers(records, key) else None
 
 
-def headline(records: Sequence[Record]) -> dict[str, float | int | None]:
+def headline(records: Sequence[Record], metric: str = "accuracy") -> dict[str, float | int | None]:
     """Final figures of a run; a figure is `None` when the run never recorded it.
 
     Args:
         records: the run's metrics records, sorted by round, at least one.
+        metric: the task's primary metric.
 
     Returns:
-        `final_accuracy` (the last evaluated round's), `best_accuracy` and `best_round`,
+        `final` (the last evaluated round's value of `metric`), `best` and `best_round`,
         `rounds` (the last round), `bytes_up`, `bytes_down` and `seconds` (totals over rounds).
     """
-    rounds, acc = series(records, "accuracy")
+    rounds, acc = series(records, metric)
     finite = np.isfinite(acc)
     rounds, acc = rounds[finite], acc[finite]
     best = int(np.argmax(acc)) if len(acc) else None
     return {
-        "final_accuracy": float(acc[-1]) if len(acc) else None,
-        "best_accuracy": float(acc[best]) if best is not None else None,
+        "final": float(acc[-1]) if len(acc) else None,
+        "best": float(acc[best]) if best is not None else None,
         "best_round": int(rounds[best]) if best is not None else None,
         "rounds": int(records[-1]["round"]),
         "bytes_up": _total(records, "bytes_up"),

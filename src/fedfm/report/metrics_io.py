@@ -43,6 +43,13 @@ class RunData:
     summary: Mapping[str, Any] | None = None
 
     @property
+    def metric(self) -> str:
+        """The task's primary metric (`accuracy`, or `exact_match` for instruction tuning)."""
+        from fedfm.tasks.configs import primary_metric
+
+        return primary_metric(self.config.get("task", {}).get("name"))
+
+    @property
     def name(self) -> str:
         """The run directory's name, used as its label in titles and legends."""
         return self.path.resolve().name

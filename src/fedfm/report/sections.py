@@ -89,14 +89,15 @@ def byte_scale(max_bytes: float) -> tuple[float, str]:
 
 @register_section("Headline")
 def headline_section(run: RunData, out_dir: Path) -> str:
-    """Final and best accuracy, rounds, traffic and wall time."""
-    h = headline(run.records)
-    best = h["best_accuracy"]
+    """Final and best value of the primary metric, rounds, traffic and wall time."""
+    h = headline(run.records, run.metric)
+    best = h["best"]
+    label = run.metric.replace("_", " ")
     rows = [
         ("setup", setup(run.config) or None),
-        ("final accuracy", h["final_accuracy"]),
+        (f"final {label}", h["final"]),
         (
-            "best accuracy",
+            f"best {label}",
             f"{hk.format_value(best)} (round {h['best_round']})" if best is not None else None,
         ),
         ("rounds", h["rounds"]),
@@ -119,6 +120,24 @@ def accuracy_section(run: RunData, out_dir: Path) -> str | None:
     if not panels:
         return None
     return embed(curves_figure(panels), out_dir, "accuracy.png", "accuracy and loss per round")
+
+
+@register_section("Exact match and perplexity", keys=("exact_match", "perplexity"))
+def generation_section(run: RunData, out_dir: Path) -> str | None:
+    """Instruction tuning: exact match of greedy answers (overall and per category) and
+    response-token perplexity on the central test split, per round (round 0: the base FM)."""
+    panels = []
+    keys = sorted({k for r in run.records for k in r if k.startswith("exact_match_")})
+    em = [_curve(run.records, k, k.removeprefix("exact_match_")) for k in keys]
+    if has_numbers(run.records, "exact_match"):
+        em.insert(0, _curve(run.records, "exact_match", "all"))
+    if em:
+        panels.append(Panel("exact match", "exact match", em))
+    if has_numbers(run.records, "perplexity"):
+        panels.append(Panel("perplexity", "perplexity", [_curve(run.records, "perplexity")]))
+    if not panels:
+        return None
+    return embed(curves_figure(panels), out_dir, "generation.png", "exact match and perplexity")
 
 
 def _curve(records: Sequence[Record], key: str, label: str | None = None) -> Curve:

@@ -78,11 +78,15 @@ def run_local_only(built: Built, log: MetricsLog) -> tuple[State, dict[str, Any]
     cfg, data, runtime = built.cfg, built.data, built.runtime
     share = _clients_per_round(built) / len(data.clients)
     epochs = max(1, round(cfg.rounds * cfg.client.epochs * share))
+    # the same step budget as a client's expected share of the federated rounds
+    steps = cfg.client.max_steps and max(1, round(cfg.rounds * cfg.client.max_steps * share))
     record = RoundRecord(round=cfg.rounds, num_clients=len(data.clients), clients=data.client_ids)
     losses = []
     t = time.perf_counter()
     for cid in data.client_ids:
-        reply = runtime.fit(FitTask(cid, 0, TrainOverrides(epochs=epochs)), built.initial_state)
+        reply = runtime.fit(
+            FitTask(cid, 0, TrainOverrides(epochs=epochs, max_steps=steps)), built.initial_state
+        )
         if not reply.ok:
             record.failures.append(f"client {cid}: {reply.failure}")
             continue
@@ -94,10 +98,10 @@ def run_local_only(built: Built, log: MetricsLog) -> tuple[State, dict[str, Any]
             for metric, value in evaluated.metrics.items():
                 record.client_metrics.setdefault(metric, {})[str(cid)] = value
             record.client_num_examples[str(cid)] = evaluated.num_examples
-    accuracy = record.client_metrics.get("accuracy", {})
-    values = np.array(list(accuracy.values()))
+    metric = built.task.primary_metric
+    values = np.array(list(record.client_metrics.get(metric, {}).values()), dtype=float)
     record.num_failures = len(record.failures)
-    record.central = {"accuracy": float(values.mean()), "loss": None}
+    record.central = {metric: float(np.nanmean(values)) if values.size else None, "loss": None}
     record.train_loss = float(np.mean(losses))
     record.seconds_fit = record.seconds = time.perf_counter() - t
     log.on_round_end(record)

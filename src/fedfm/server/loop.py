@@ -86,6 +86,7 @@ class LoopParts:
     min_success_fraction: float = 0.5
     max_num_examples: int = 10**9
     evaluate_initial: bool = True
+    primary_metric: str = "accuracy"
     callbacks: list[Callback] = field(default_factory=list)
     progress: Progress = field(default_factory=SilentProgress)
 
@@ -131,7 +132,7 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
 
         # 5. Evaluate: centrally, and on clients' local test splits every k rounds.
         t = time.perf_counter()
-        central: dict[str, float | None] = {"accuracy": None, "loss": None}
+        central: dict[str, float | None] = {p.primary_metric: None, "loss": None}
         if server_round % p.eval_every == 0 or server_round == p.num_rounds:
             central = dict(p.central_eval(global_state))
             central.pop("num_examples", None)

