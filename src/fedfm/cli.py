@@ -55,7 +55,13 @@ def run(
         console.print(f"fedfm: {setup(cfg.model_dump())} -> {run_dir}")
         metric = cfg.task.primary_metric
         with RichProgress(cfg.rounds, start, console, metric) as progress:
-            run_job(cfg, run_dir, resume=resume is not None, progress=progress)
+            run_job(
+                cfg,
+                run_dir,
+                resume=resume is not None,
+                progress=progress,
+                extra_hooks=[progress.step_hook(cfg.client.max_steps)],
+            )
     except FedFMError as exc:
         _fail(exc)
     except KeyboardInterrupt:

@@ -2,10 +2,12 @@
 
 - `centralised`: the clients' training data pooled on one machine; the same number of
   examples processed as the federated run (rounds x clients per round x local epochs x mean
-  client size), split into as many "rounds" for comparable curves, one continuing optimiser.
+  client size, capped by clients per round x `client.max_steps` steps), split into as many
+  "rounds" for comparable curves, one continuing optimiser.
 - `local-only`: each client trains alone from the same initial state, for the local epochs
   it would run in the federated job in expectation (rounds x epochs x sampling share, at
-  least one), and is evaluated on its own local test split. It drives the same
+  least one; `client.max_steps` scaled the same way), and is evaluated on its own local
+  test split. It drives the same
   `ClientRuntime` as a federated run (fit, then evaluate its own model).
 
 Both write `RoundRecord`s like a federated run (bytes are 0: nothing travels).
@@ -35,6 +37,8 @@ def run_centralised(built: Built, log: MetricsLog) -> State:
     pool = np.sort(np.concatenate([c.train for c in data.clients.values()]))
     per_round = _clients_per_round(built) * cfg.client.epochs * len(pool) / len(data.clients)
     steps = max(1, math.ceil(per_round / cfg.client.batch_size))
+    if cfg.client.max_steps is not None:  # clients stop at max_steps: so does the pool
+        steps = min(steps, _clients_per_round(built) * cfg.client.max_steps)
     model.set_state(built.initial_state)
     c = cfg.client
     opt = make_optimizer(list(model.params.values()), c.optimizer, c.lr, c.weight_decay, c.momentum)
