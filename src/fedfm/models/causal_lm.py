@@ -129,12 +129,19 @@ def _build_weights(out: Path) -> None:
         f"fedfm: dequantising SmolLM2-135M-Instruct once into {out.parent} (about a minute)",
         file=sys.stderr,
     )
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
     hf_logging.disable_progress_bar()
+    bar = gguf_utils.tqdm  # its own tqdm ignores transformers' switch: one line above says it
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(smollm2_dir()), gguf_file=GGUF_FILE, dtype=torch.float32
         )
     finally:
+        gguf_utils.tqdm = bar
         hf_logging.enable_progress_bar()
     config = model.config
     if hasattr(config, "quantization_config"):  # the copy is plain fp32: nothing to dequantise
