@@ -153,3 +153,36 @@ def test_a_federated_run_writes_a_data_card_and_resumes_bitwise(tmp_path):
     assert sum(card["counts"].values()) == card["num_examples"] == 80
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert summary["primary_metric"] == "exact_match" and "final_exact_match" in summary
+
+
+STRATEGY_EXTRA = {
+    "krum": ["strategy.num_byzantine=0"],
+    "multi-krum": ["strategy.num_byzantine=0"],
+    "hetlora": ["strategy.lora_ranks=[2, 4, 8]"],
+    "flexlora": ["strategy.lora_ranks=[2, 4, 8]"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_EXTRA.keys() | {"fedavg", "fedadam", "scaffold"}))
+def test_strategies_and_the_attack_harness_run_on_a_causal_lm(name, tmp_path):
+    from fedfm.strategies.registry import STRATEGIES
+
+    assert name in STRATEGIES
+    attack = ["attack.kind=sign-flip", "attack.fraction=0.25"] if name == "krum" else []
+    cfg = load_config(
+        None,
+        [
+            *TINY_LLAMA,
+            "rounds=1",
+            "eval.initial=false",
+            "task.generate_eval=0",
+            "strategy.clients_per_round=4",
+            f"strategy.name={name}",
+            *STRATEGY_EXTRA.get(name, []),
+            *attack,
+        ],
+    )
+    state = run(cfg, tmp_path)
+    (row,) = records(tmp_path)
+    assert row["num_failures"] == 0 and np.isfinite(row["perplexity"])
+    assert all(torch.isfinite(v).all() for v in state.values())
