@@ -50,6 +50,15 @@ def bucketed_batches(
     return [batches[i] for i in order]
 
 
+def shuffled_slices(
+    indices: np.ndarray, batch_size: int, rng: np.random.Generator | None
+) -> list[np.ndarray]:
+    """`indices` shuffled by `rng` (`None`: kept in order) and cut into batches (fixed-size
+    inputs such as images need no length bucketing)."""
+    order = indices if rng is None else rng.permutation(indices)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def collate(
     dataset: TextDataset, batch: np.ndarray, pad_id: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

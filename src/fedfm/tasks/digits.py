@@ -127,10 +127,10 @@ class Digits(ClassifierMixin):
         rng: np.random.Generator | None,
     ) -> Iterator[Batch]:
         """Shuffled batches (`rng=None`: in index order)."""
+        from fedfm.data.batching import shuffled_slices
+
         data = _digits(examples)
-        order = indices if rng is None else rng.permutation(indices)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in shuffled_slices(indices, batch_size, rng):
             yield {
                 "features": torch.from_numpy(data.features[idx]),
                 "labels": torch.from_numpy(data.labels[idx]),

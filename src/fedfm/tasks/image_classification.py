@@ -77,10 +77,10 @@ class ImageClassification(ClassifierMixin):
         rng: np.random.Generator | None,
     ) -> Iterator[Batch]:
         """Shuffled batches (`rng=None`: in index order) of normalised 3-channel images."""
+        from fedfm.data.batching import shuffled_slices
+
         data = _images(examples)
-        order = indices if rng is None else rng.permutation(indices)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in shuffled_slices(indices, batch_size, rng):
             yield {
                 "images": to_model_input(torch.from_numpy(data.images[idx]), self.cfg.image_size),
                 "labels": torch.from_numpy(data.labels[idx]),
