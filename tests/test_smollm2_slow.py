@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedfm.models.causal_lm import build_causal_lm, load_causal_tokenizer
-from fedfm.tasks.instruction import generate
+from fedfm.tasks.generation import generate
 
 
 @pytest.mark.slow

@@ -102,7 +102,8 @@ def chat(
     import numpy as np
     import torch
 
-    from fedfm.tasks.instruction import Instruction, greedy
+    from fedfm.tasks.generation import greedy
+    from fedfm.tasks.instruction import Instruction
 
     if not isinstance(loaded.task, Instruction):
         raise ConfigError(

@@ -8,7 +8,8 @@ import torch
 
 from fedfm.config import load_config
 from fedfm.run import run, stored_config
-from fedfm.tasks.instruction import IGNORE, encode_chat, generate, response_nll
+from fedfm.tasks.generation import generate
+from fedfm.tasks.instruction import IGNORE, encode_chat, response_nll
 from fedfm.tasks.registry import build_task
 from tests.helpers import StopAfter, records, states_equal
 
