@@ -13,7 +13,8 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py
 
 
 def test_the_list_of_benchmarks_is_complete():
-    assert {"overhead.py", "first_round.py", "strategies.py", "robust.py"} <= set(SCRIPTS)
+    expected = {"overhead.py", "first_round.py", "strategies.py", "robust.py", "memory.py"}
+    assert expected <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -17,6 +17,7 @@ from fedfm.client.state import ClientStateStore
 from fedfm.client.train import local_train, make_optimizer
 from fedfm.config import ClientConfig
 from fedfm.data.federated import ClientData
+from fedfm.memory import trim, tune_allocator
 from fedfm.messages import EvalReply, EvalTask, Failure, FailureKind, FitReply, FitTask
 from fedfm.models.trainable import TrainableModel
 from fedfm.pipeline import Pipeline
@@ -66,6 +67,7 @@ class ClientRuntime:
         self.store = store
         self.seed = seed
         self.eval_batch_size = eval_batch_size
+        tune_allocator()  # clients are often small machines: see fedfm.memory
 
     def fit(self, task: FitTask, broadcast: State) -> FitReply:
         """Train from `task.state` (or the broadcast) and reply with the encoded update.
@@ -79,6 +81,8 @@ class ClientRuntime:
             return self._fit(task, broadcast, shard)
         except Exception as exc:  # a failing client is a value, not a dead round
             return _failed(task, "train_error", _one_line(exc))
+        finally:
+            trim()  # this fit's activations go back to the OS before the next client
 
     def _fit(self, task: FitTask, broadcast: State, shard: ClientData) -> FitReply:
         cfg = self.client_cfg
@@ -158,6 +162,8 @@ class ClientRuntime:
         except Exception as exc:
             failure = Failure("eval_error", _one_line(exc))
             return EvalReply(task.client_id, 0, failure=failure)
+        finally:
+            trim()
         n = int(metrics.pop("num_examples", len(shard.test)))
         return EvalReply(task.client_id, n, metrics)
 

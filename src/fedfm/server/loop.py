@@ -19,6 +19,7 @@ import numpy as np
 
 from fedfm.backends.base import Backend
 from fedfm.errors import AggregationError, NotEnoughClientsError
+from fedfm.memory import trim, tune_allocator
 from fedfm.messages import EvalTask, FitReply, FitResult, FitTask
 from fedfm.pipeline import Pipeline, encode_broadcast
 from fedfm.records import RoundRecord, mean_metrics
@@ -98,6 +99,7 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
     uninterrupted one.
     """
     p = parts
+    tune_allocator()  # see fedfm.memory: RSS would creep up round after round
     validator = Validator(p.uplink, p.strategy.reply_extras, p.max_num_examples)
     if start_round == 0 and p.evaluate_initial:
         _initial_record(p, global_state)
@@ -136,6 +138,7 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
         if server_round % p.eval_every == 0 or server_round == p.num_rounds:
             central = dict(p.central_eval(global_state))
             central.pop("num_examples", None)
+            trim()  # the evaluation's large batches go back to the OS
         record = RoundRecord(
             round=server_round,
             central=central,
@@ -176,6 +179,7 @@ def _initial_record(p: LoopParts, global_state: State) -> None:
     t = time.perf_counter()
     central: dict[str, float | None] = dict(p.central_eval(global_state))
     central.pop("num_examples", None)
+    trim()
     seconds = time.perf_counter() - t
     record = RoundRecord(round=0, central=central, seconds_eval=seconds, seconds=seconds)
     for cb in p.callbacks:
