@@ -1,4 +1,5 @@
-"""The `fedfm` command: run, models, datasets, show-config, report, compare, export, generate."""
+"""The `fedfm` command: run, models, datasets, show-config, report, compare, export, generate,
+study."""
 
 from __future__ import annotations
 
@@ -182,6 +183,46 @@ def generate(
             chat(loaded, text, max_new_tokens, sys.stdout)
     except FedFMError as exc:
         _fail(exc)
+
+
+study_app = typer.Typer(no_args_is_help=True, help="FM-for-FL studies (grids of runs).")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("init")
+def study_init(
+    quick: Annotated[
+        bool, typer.Option(help="the reduced grid (fits 2 CPU cores in an hour)")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="study folder (one run per cell)")] = None,
+    task: Annotated[
+        list[str] | None, typer.Option(help="text and/or images (default: both)")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override for every cell")] = None,
+) -> None:
+    """Pre-trained vs random start x FedAvg/FedAdam x IID/Dirichlet alphas, + centralised."""
+    from fedfm.studies.init import Cell, grid, run_grid, task_settings
+    from fedfm.studies.tables import write_results
+
+    tasks = task or ["text", "images"]
+    unknown = sorted(set(tasks) - {"text", "images"})
+    if unknown:
+        _fail(FedFMError(f"--task {', '.join(unknown)}: allowed values are text, images"))
+    folder = out or Path("runs") / ("study-init-quick" if quick else "study-init")
+    cells = grid(tasks, quick)
+
+    def show(i: int, cell: Cell, status: str) -> None:
+        console.print(f"[{i + 1}/{len(cells)}] {cell.name}: {status}", highlight=False)
+
+    try:
+        dirs = run_grid(folder, cells, task_settings(quick), set_ or [], report=show)
+    except FedFMError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the same command continues the grid in {folder}")
+        raise typer.Exit(code=130) from None
+    console.print(write_results(dirs, folder))
+    console.print(f"table, csv and figures: {folder}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,6 +38,7 @@ class Panel:
     ylabel: str
     curves: Sequence[Curve]
     xlabel: str = "round"
+    xticks: Sequence[str] = ()  # labels for x = 0, 1, ... (categorical axes)
 
 
 def save_png(fig: Figure, path: Path) -> bytes:
@@ -70,6 +71,8 @@ def curves_figure(
             marker = "o" if len(curve.x) <= _MARKERS_UP_TO else None
             ax.plot(curve.x, curve.y, marker=marker, markersize=3, label=curve.label)
         ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+        if panel.xticks:
+            ax.set_xticks(range(len(panel.xticks)), labels=list(panel.xticks))
         ax.grid(alpha=0.3)
         if len(panel.curves) > 1:
             ax.legend(fontsize="small")
