@@ -1,4 +1,4 @@
-"""Peak memory of whole jobs: `fedfm run` in a subprocess, sampled every ~50 ms.
+"""Peak memory of whole jobs: `fedfm run` in a subprocess, sampled every 250 ms.
 
 Each job runs once per mode, one after another (never two at a time), in the same call:
   before     FEDFM_ALLOCATOR=glibc: glibc's defaults, no trimming (fedfm.memory switched off)
@@ -171,7 +171,7 @@ def main() -> None:
     ap.add_argument("--fedit", type=Path, help="also measure this config (e.g. the FedIT job)")
     ap.add_argument("--set", dest="sets", action="append", help="override for every job")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
-    ap.add_argument("--interval", type=float, default=0.05, help="sampling period, seconds")
+    ap.add_argument("--interval", type=float, default=0.25, help="sampling period, seconds")
     ap.add_argument("--quick", action="store_true", help="configs/tiny.toml, 1 round: seconds")
     args = ap.parse_args()
     modes = args.modes.split(",")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from fedfm.configbase import Section
 from fedfm.errors import ConfigError
-from fedfm.stages import STAGES, StageField
+from fedfm.stages import STAGES, StageField, check_pipeline, check_secure_aggregation
 from fedfm.strategies.configs import DEFAULT_STRATEGY, STRATEGY_CONFIGS, StrategyField
 from fedfm.tasks.configs import TASKS, TaskField, TextClassificationConfig
 
@@ -81,6 +81,18 @@ class PipelineConfig(_Section):
     uplink: list[StageField] = Field(default_factory=list)
     downlink: list[StageField] = Field(default_factory=list)
 
+    def check(self) -> None:
+        """Orders and combinations (see `fedfm.stages.check_pipeline`)."""
+        check_pipeline(self.uplink, "pipeline.uplink")
+        check_pipeline(self.downlink, "pipeline.downlink")
+
+
+class CommConfig(_Section):
+    """The communication budget: bytes up plus bytes down, summed over rounds (`None`: no
+    limit). The run stops cleanly, with a message, before a round that would exceed it."""
+
+    max_bytes: int | None = Field(None, ge=1)
+
 
 class AttackConfig(_Section):
     """The robustness harness (off by default): a share of clients is malicious."""
@@ -127,6 +139,7 @@ class Config(_Section):
     client: ClientConfig = Field(default_factory=ClientConfig)
     strategy: StrategyField = Field(default_factory=lambda: STRATEGY_CONFIGS[DEFAULT_STRATEGY]())
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    comm: CommConfig = Field(default_factory=CommConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -135,6 +148,8 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         self.strategy.check(self)
+        self.pipeline.check()
+        check_secure_aggregation(self)
         return self
 
 
@@ -220,7 +235,8 @@ def _one_line(exc: ValidationError) -> str:
         return str(err["msg"]).removeprefix("Value error, ") + more
     got = err.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{loc}: {err['msg']}{got_text}{more}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {msg}{got_text}{more}"
 
 
 def _strip_tags(loc: tuple[Any, ...]) -> list[Any]:

@@ -9,6 +9,12 @@ expected names, shapes and dtypes. After the strategy's `reduce`, every stage's
 accountant) before the strategy's `apply`. The server also has a downlink pipeline, which
 encodes the broadcast once per round.
 
+Each stage declares what it puts on the wire (`wire_like`: names, shapes and dtypes given
+its input's), so the server checks a payload's layout before any stage decodes it, each
+stage's inverse is told the layout it must restore, and the size of a payload is known
+before it is sent (the communication budget). A stage may also stop the run before a
+round (`stop_reason`: e.g. a privacy budget that the round would exceed).
+
 Invalid orders are refused when the pipeline is built: a stage's `kind` may never decrease
 along the pipeline (poison < clip < noise < compress < mask); e.g. sparsification after
 secure-aggregation masking would destroy the masks.
@@ -17,29 +23,19 @@ secure-aggregation masking would destroy the masks.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from enum import IntEnum
+from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
 from fedfm.errors import ConfigError, TransportError
+from fedfm.stages import StageKind
 from fedfm.state import DEFAULT_MAX_BYTES, State, from_bytes, shaped_like, to_bytes
 
 if TYPE_CHECKING:
     from fedfm.client.state import ClientStateStore
     from fedfm.strategies.base import Aggregate
-
-
-class StageKind(IntEnum):
-    """Where a stage may sit: kinds never decrease along a pipeline."""
-
-    POISON = 0  # simulation-only attacks: what a malicious client would send
-    CLIP = 1
-    NOISE = 2
-    COMPRESS = 3
-    MASK = 4
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,8 @@ class StageContext:
         stream: what is being encoded: `"update"`, an extra's name, or `"broadcast"`.
         store: the client's persistent state store (stateful stages keep state there);
             `None` on the server.
+        num_examples: the client's training examples, the weight its reply carries (0 on
+            the server, or where unknown).
     """
 
     client_id: int
@@ -60,6 +58,7 @@ class StageContext:
     seed: int
     stream: str = "update"
     store: ClientStateStore | None = None
+    num_examples: int = 0
 
 
 class Stage(Protocol):
@@ -77,8 +76,18 @@ class Stage(Protocol):
         expected names, shapes and dtypes of the result)."""
         ...
 
+    def wire_like(self, like: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """The names, shapes and dtypes `encode` produces from an input shaped like `like`
+        (tensors may live on the meta device)."""
+        ...
+
     def server_postprocess(self, aggregate: Aggregate, server_round: int) -> Aggregate:
         """Server side, after the strategy's reduce: transform the aggregate."""
+        ...
+
+    def stop_reason(self, server_round: int) -> str | None:
+        """Server side, before a round: a one-line reason to stop the run (logged and kept
+        in `summary.json` as it is, e.g. "stopped before round 7: ..."), or `None`."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -90,8 +99,54 @@ class Stage(Protocol):
         ...
 
 
+class MaskStage(Stage, Protocol):
+    """A stage whose server sees only a masked sum (secure aggregation, kind MASK).
+
+    Besides `encode` (which masks), it exchanges protocol messages with the clients before
+    training and after the masked updates arrived; the round loop drives the server side
+    (`fedfm.server.secure`), the backend carries the bytes to `client_step`.
+    """
+
+    def open_round(
+        self, server_round: int, client_ids: list[int], like: Mapping[str, torch.Tensor], seed: int
+    ) -> dict[int, bytes]:
+        """Start a round's secure sum; the first message for each client."""
+        ...
+
+    def server_step(self, server_round: int, replies: Mapping[int, bytes]) -> dict[int, bytes]:
+        """The clients' replies to the last messages in; the next message per client out."""
+        ...
+
+    def collect(self, server_round: int, masked: Mapping[int, State]) -> dict[int, bytes]:
+        """Sum the validated masked payloads; the unmask request per survivor."""
+        ...
+
+    def finish(
+        self,
+        server_round: int,
+        replies: Mapping[int, bytes],
+        like: Mapping[str, torch.Tensor],
+        num_examples: Mapping[int, int],
+    ) -> Aggregate:
+        """Unmask the sum; the aggregate of the survivors' updates."""
+        ...
+
+    def client_step(self, client_id: int, server_round: int, data: bytes) -> bytes:
+        """Client side: one message from the server in, the client's answer out."""
+        ...
+
+
+def mask_stage(pipeline: Pipeline) -> MaskStage | None:
+    """The pipeline's MASK stage (secure aggregation), or `None`."""
+    for stage in pipeline.stages:
+        if stage.kind == StageKind.MASK:
+            return cast("MaskStage", stage)
+    return None
+
+
 class StageBase:
-    """Identity on the server: no decode, no postprocess. Subclasses set name and kind."""
+    """Identity on the server: no decode, no postprocess, the wire layout of its input, never
+    stops the run. Subclasses set name and kind."""
 
     name = "base"
     kind = StageKind.COMPRESS
@@ -101,10 +156,19 @@ class StageBase:
         del like, ctx
         return update
 
+    def wire_like(self, like: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """What came in goes out, shaped alike."""
+        return like
+
     def server_postprocess(self, aggregate: Aggregate, server_round: int) -> Aggregate:
         """Nothing to do."""
         del server_round
         return aggregate
+
+    def stop_reason(self, server_round: int) -> str | None:
+        """Never stops the run."""
+        del server_round
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """No server-side state."""
@@ -161,9 +225,10 @@ class Pipeline:
         server_round: int,
         stream: str = "update",
         store: ClientStateStore | None = None,
+        num_examples: int = 0,
     ) -> StageContext:
         """The context stages see for this client, round and stream."""
-        return StageContext(client_id, server_round, self.seed, stream, store)
+        return StageContext(client_id, server_round, self.seed, stream, store, num_examples)
 
     def encode(self, update: State, ctx: StageContext) -> tuple[bytes, dict[str, float]]:
         """Client side: run every stage, then serialise; metrics are `<stage>/<name>`."""
@@ -180,10 +245,35 @@ class Pipeline:
             TransportError: oversized, unparsable, non-finite, of a dtype the pipeline does
                 not produce, or not shaped like `like`.
         """
+        who = f"client {ctx.client_id} {ctx.stream}"
         update = from_bytes(payload, max_bytes=self.max_bytes)
-        for stage in reversed(self.stages):
-            update = stage.decode(update, like, ctx)
-        return shaped_like(update, like, who=f"client {ctx.client_id} {ctx.stream}")
+        if self.stages:  # the wire layout first: every stage then sees what it expects
+            likes = self.likes(like)
+            update = shaped_like(update, likes[-1], who=f"{who} payload")
+            for stage, stage_like in zip(reversed(self.stages), reversed(likes[:-1]), strict=True):
+                update = stage.decode(update, stage_like, ctx)
+        return shaped_like(update, like, who=who)
+
+    def likes(self, like: Mapping[str, torch.Tensor]) -> list[Mapping[str, torch.Tensor]]:
+        """The layout before each stage and, last, on the wire (`len(stages) + 1` entries)."""
+        out = [like]
+        for stage in self.stages:
+            out.append(stage.wire_like(out[-1]))
+        return out
+
+    def encoded_size(self, like: Mapping[str, torch.Tensor]) -> int:
+        """Serialised bytes of a payload encoded from a State shaped like `like`: the size of
+        a zero payload of the wire layout (every stage's layout depends on shapes only)."""
+        wire = self.likes(like)[-1]
+        return len(to_bytes({k: torch.zeros(v.shape, dtype=v.dtype) for k, v in wire.items()}))
+
+    def stop_reason(self, server_round: int) -> str | None:
+        """The first stage's reason to stop before `server_round`, or `None`."""
+        for stage in self.stages:
+            reason = stage.stop_reason(server_round)
+            if reason is not None:
+                return reason
+        return None
 
     def server_postprocess(self, aggregate: Aggregate, server_round: int) -> Aggregate:
         """Every stage's server hook on the aggregate, last stage first."""
@@ -215,10 +305,12 @@ class Broadcast:
     Attributes:
         payload: the downlink pipeline's bytes (what a remote client receives).
         state: what a client decodes from them (in-process backends use it directly).
+        metrics: the downlink stages' metrics, `<stage>/<name>`.
     """
 
     payload: bytes
     state: State
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def encode_broadcast(downlink: Pipeline, state: State, server_round: int) -> Broadcast:
@@ -228,11 +320,11 @@ def encode_broadcast(downlink: Pipeline, state: State, server_round: int) -> Bro
         TransportError: the downlink produced something it cannot decode.
     """
     ctx = downlink.context(-1, server_round, "broadcast")
-    payload, _ = downlink.encode(state, ctx)
+    payload, metrics = downlink.encode(state, ctx)
     if not downlink.stages:  # lossless: clients get exactly the global state
         return Broadcast(payload, state)
     try:
-        return Broadcast(payload, downlink.decode(payload, state, ctx))
+        return Broadcast(payload, downlink.decode(payload, state, ctx), metrics)
     except TransportError as exc:
         raise TransportError(
             f"pipeline.downlink cannot round-trip the global state: {exc}"

@@ -2,8 +2,11 @@
 
 A fresh run first removes any earlier run's checkpoint from the directory (the commit file
 first), so nothing stale can ever be resumed. A resumed run checks that the checkpoint was
-written by the same config and seed (only `rounds`, `eval`, `logging` and `backend` may
-differ) and that its tensors have the model's names, shapes and dtypes.
+written by the same config and seed (only `rounds`, `comm`, `eval`, `logging` and `backend`
+may differ) and that its tensors have the model's names, shapes and dtypes. A resumed run
+counts the bytes of the rounds before the resume against `comm.max_bytes`; a run that stops
+before a round (the communication budget, a stage's budget) says why in `summary.json`
+(`stopped`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from fedfm.server.loop import Callback, LoopParts, Progress, SilentProgress, run
 from fedfm.state import State, shaped_like
 
 # Top-level config keys a resumed run may change: they do not alter what was computed.
-RESUMABLE_KEYS = ("rounds", "eval", "logging", "backend")
+RESUMABLE_KEYS = ("rounds", "comm", "eval", "logging", "backend")
 
 
 def run(
@@ -90,6 +93,9 @@ def run(
     try:
         with build_backend(cfg, built.runtime) as backend:
             parts = loop_parts(built, backend, run_dir, [log, *extra], progress)
+            parts.bytes_spent = sum(
+                (r.get("bytes_up") or 0) + (r.get("bytes_down") or 0) for r in log.records()
+            )
             final = run_rounds(parts, state, start)
             summary = _summary(built, final, log.records(), parts)
     finally:
@@ -139,6 +145,7 @@ def loop_parts(
         primary_metric=built.task.primary_metric,
         callbacks=callbacks,
         progress=progress or SilentProgress(),
+        max_bytes=cfg.comm.max_bytes,
     )
 
 
@@ -213,6 +220,8 @@ def _summary(
     cfg = built.cfg
     metric = built.task.primary_metric
     summary = _final_figures(records, metric)
+    if parts.stopped is not None:
+        summary["stopped"] = parts.stopped
     steps = cfg.eval.personalize_steps
     if steps > 0:  # the personalisation baseline, and only what it needs
         t = time.perf_counter()

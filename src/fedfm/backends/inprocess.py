@@ -6,7 +6,7 @@ Memory does not grow with the number of clients: each client's work is load stat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from fedfm.backends.base import OnResult
@@ -56,3 +56,12 @@ class InProcessBackend:
     def evaluate(self, state: State, tasks: Sequence[EvalTask]) -> list[EvalReply]:
         """Evaluate `state` on each asked client."""
         return [self.runtime.evaluate(task, state) for task in tasks]
+
+    def exchange(self, server_round: int, messages: Mapping[int, bytes]) -> dict[int, bytes]:
+        """Each client's answer to its secure-aggregation message, in client order."""
+        replies = {}
+        for client_id, data in sorted(messages.items()):
+            reply = self.runtime.secagg_step(client_id, server_round, data)
+            if reply is not None:
+                replies[client_id] = reply
+        return replies

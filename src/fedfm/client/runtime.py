@@ -1,14 +1,16 @@
 """`ClientRuntime`: the one client program. Every backend drives it; none re-implements it.
 
 It is built once per process (the in-process backend, a Ray actor, a torchrun rank, a
-deployed client) and answers two verbs, both of which never raise: `fit` (train from a
-state, reply with the encoded update) and `evaluate` (metrics on the local test split,
-optionally after a few personalisation steps). The algorithm-specific parts are hooks, the
+deployed client) and answers verbs that never raise: `fit` (train from a state, reply with
+the encoded update), `evaluate` (metrics on the local test split, optionally after a few
+personalisation steps) and `secagg_step` (one secure-aggregation message, answered by the
+uplink's MASK stage). The algorithm-specific parts are hooks, the
 transformations of the update are pipeline stages, the problem is a Task.
 """
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Mapping, Sequence
 
@@ -20,11 +22,12 @@ from fedfm.data.federated import ClientData
 from fedfm.memory import trim, tune_allocator
 from fedfm.messages import EvalReply, EvalTask, Failure, FailureKind, FitReply, FitTask
 from fedfm.models.trainable import TrainableModel
-from fedfm.pipeline import Pipeline
+from fedfm.pipeline import Pipeline, mask_stage
 from fedfm.state import State, subtract
 from fedfm.tasks.base import Examples, Task
 
 PERSONALIZE_SALT = 0xFE  # personalisation steps draw from (seed, round, client, salt)
+logger = logging.getLogger(__name__)
 
 
 class ClientRuntime:
@@ -120,9 +123,10 @@ class ClientRuntime:
         update = subtract(ctx.end, start)
 
         # 4. Encode the update and the extras through the uplink pipeline.
-        payload, stage_metrics = self.uplink.encode(
-            update, self.uplink.context(task.client_id, task.server_round, "update", self.store)
+        on_wire = self.uplink.context(
+            task.client_id, task.server_round, "update", self.store, len(shard.train)
         )
+        payload, stage_metrics = self.uplink.encode(update, on_wire)
         extras = {
             name: self.uplink.encode(
                 value, self.uplink.context(task.client_id, task.server_round, name, self.store)
@@ -141,6 +145,21 @@ class ClientRuntime:
         return FitReply(
             task.client_id, task.server_round, len(shard.train), payload, extras, metrics
         )
+
+    def secagg_step(self, client_id: int, server_round: int, data: bytes) -> bytes | None:
+        """Answer one secure-aggregation message for `client_id` (the uplink's MASK stage).
+
+        Never raises: an unknown client, no MASK stage, or a refused or malformed message
+        gives `None`, no reply (the server counts the client as dropped out).
+        """
+        stage = mask_stage(self.uplink)
+        if stage is None or client_id not in self.shards:
+            return None
+        try:
+            return stage.client_step(client_id, server_round, data)
+        except Exception as exc:  # a refusal is a dropout, never a crash
+            logger.warning("client %d, round %d: secagg: %s", client_id, server_round, exc)
+            return None
 
     def evaluate(self, task: EvalTask, state: State) -> EvalReply:
         """The task's metrics of `state` on the client's local test split.

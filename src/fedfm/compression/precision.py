@@ -3,6 +3,7 @@
 The server casts each tensor back to the dtype it expects (`like`), so honest updates of
 fp16 or bf16 models pass too. float16 saturates: values beyond ±65,504 are clamped to that
 range (and counted), never turned into infinities that would get the client dropped.
+Metrics: `ratio` (wire bytes / fp32 bytes of the input) and `rel_error`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
+from fedfm.compression import wire
 from fedfm.pipeline import StageBase, StageContext, StageKind
 from fedfm.state import State
 
@@ -23,7 +25,15 @@ class _Cast(StageBase):
 
     def encode(self, update: State, ctx: StageContext) -> tuple[State, dict[str, float]]:
         """Cast floating tensors to the wire dtype."""
-        return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in update.items()}, {}
+        out = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in update.items()}
+        return out, wire.metrics(update, out, out)
+
+    def wire_like(self, like: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """Floating tensors in the wire dtype, others unchanged."""
+        return {
+            k: wire.meta(v.shape, self.dtype) if v.is_floating_point() else v
+            for k, v in like.items()
+        }
 
     def decode(self, update: State, like: Mapping[str, torch.Tensor], ctx: StageContext) -> State:
         """Cast wire-dtype tensors back to the expected dtype."""
@@ -50,7 +60,10 @@ class Float16(_Cast):
                 clamped += int((v.abs() > FP16_MAX).sum())
                 v = v.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
             out[k] = v
-        return out, {"overflow": clamped / total if total else 0.0}
+        return out, {
+            "overflow": clamped / total if total else 0.0,
+            **wire.metrics(update, out, out),
+        }
 
 
 class BFloat16(_Cast):

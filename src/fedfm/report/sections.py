@@ -1,10 +1,11 @@
 """The sections of a run report, in page order: one small function each, in one registry.
 
 To add a section, write a function `(run, out_dir) -> HTML body | None` and decorate it with
-`@register_section(title, keys=...)`. `keys` names the per-round metrics the section shows;
-every other numeric per-round key lands in the generic "Other metrics" section, so a new
-metric appears in reports before anyone writes a section for it. Returning `None` means
-"not recorded in this run"; a section must not raise on missing data.
+`@register_section(title, keys=..., prefixes=...)`. `keys` (and keys starting with one of
+`prefixes`) name the per-round metrics the section shows; every other numeric per-round key
+lands in the generic "Other metrics" section, so a new metric appears in reports before
+anyone writes a section for it. Returning `None` means "not recorded in this run"; a section
+must not raise on missing data.
 """
 
 from __future__ import annotations
@@ -30,10 +31,17 @@ from fedfm.report.plots import (
     save_png,
     stacked_bars_figure,
 )
+from fedfm.stages import STAGES, StageKind
 
 RenderFn = Callable[[RunData, Path], str | None]
 
 PHASES = ("seconds_fit", "seconds_aggregate", "seconds_eval", "seconds_checkpoint")
+
+# Codec stage metrics: `<stage>/<metric>` (uplink, mean over clients) and
+# `downlink/<stage>/<metric>` (the broadcast).
+CODECS = tuple(name for name, cls in STAGES.items() if cls.kind == StageKind.COMPRESS)
+CODEC_PREFIXES = tuple(p for name in CODECS for p in (f"{name}/", f"downlink/{name}/"))
+CODEC_METRICS = ("ratio", "rel_error")  # shown first; other codec metrics follow
 
 
 @dataclass(frozen=True)
@@ -45,21 +53,30 @@ class Section:
         keys: the per-round metric keys this section shows (kept out of "Other metrics").
         render: builds the HTML body, writing its PNGs into the given folder, or returns
             `None` when the run did not record its data.
+        prefixes: keys starting with one of these are shown here too.
     """
 
     title: str
     keys: frozenset[str]
     render: RenderFn
+    prefixes: tuple[str, ...] = ()
+
+    def shows(self, key: str) -> bool:
+        """True when this section shows the per-round `key`."""
+        return key in self.keys or key.startswith(self.prefixes)
 
 
 SECTIONS: list[Section] = []
 
 
-def register_section(title: str, keys: Sequence[str] = ()) -> Callable[[RenderFn], RenderFn]:
+def register_section(
+    title: str, keys: Sequence[str] = (), prefixes: Sequence[str] = ()
+) -> Callable[[RenderFn], RenderFn]:
     """Append the decorated render function to `SECTIONS` (page order = registration order)."""
 
     def decorator(render: RenderFn) -> RenderFn:
-        SECTIONS.append(Section(title=title, keys=frozenset(keys), render=render))
+        section = Section(title, frozenset(keys), render, tuple(prefixes))
+        SECTIONS.append(section)
         return render
 
     return decorator
@@ -163,7 +180,46 @@ def communication_section(run: RunData, out_dir: Path) -> str | None:
         ),
         Panel("cumulative", unit, [Curve(c.label, c.x, c.y / scale) for c in cumulative]),
     ]
-    return embed(curves_figure(panels), out_dir, "bytes.png", "bytes up and down per round")
+    img = embed(curves_figure(panels), out_dir, "bytes.png", "bytes up and down per round")
+    budget = (run.config.get("comm") or {}).get("max_bytes")
+    stopped = (run.summary or {}).get("stopped")
+    notes = [f"Budget: comm.max_bytes = {budget:,} B (up + down)." if is_number(budget) else ""]
+    notes.append(f"{stopped}." if stopped else "")
+    return img + "".join(hk.note(n) for n in notes if n)
+
+
+@register_section("Compression", prefixes=CODEC_PREFIXES)
+def compression_section(run: RunData, out_dir: Path) -> str | None:
+    """The codec stages' metrics per round (uplink: mean over the clients; downlink: the
+    broadcast), beside the round's bytes each way."""
+    keys = sorted(
+        {k for r in run.records for k in r if k.startswith(CODEC_PREFIXES)},
+        key=lambda k: (k.startswith("downlink/"), k),
+    )
+    keys = [k for k in keys if has_numbers(run.records, k)]
+    if not keys:
+        return None
+    names = {k.rsplit("/", 1)[1] for k in keys}
+    order = [m for m in CODEC_METRICS if m in names] + sorted(names - set(CODEC_METRICS))
+    panels = [
+        Panel(
+            metric.replace("_", " "),
+            metric,
+            [_curve(run.records, k, k.rsplit("/", 1)[0]) for k in keys if k.endswith("/" + metric)],
+        )
+        for metric in order
+    ]
+    img = embed(curves_figure(panels), out_dir, "compression.png", "codec metrics per round")
+    caption = hk.note(
+        "ratio: wire bytes of a stage's output over the fp32 bytes of its input; rel_error: "
+        "||decoded - input|| / ||input||; bytes: serialised payloads, headers included."
+    )
+    rows = [
+        [r["round"], r.get("bytes_up"), r.get("bytes_down"), *(r.get(k) for k in keys)]
+        for r in run.records
+        if r["round"] > 0
+    ]
+    return img + caption + hk.table(rows, ["round", "bytes up", "bytes down", *keys])
 
 
 @register_section("Per-client accuracy")
@@ -277,8 +333,14 @@ def timing_section(run: RunData, out_dir: Path) -> str | None:
 @register_section("Other metrics")
 def other_metrics_section(run: RunData, out_dir: Path) -> str | None:
     """Every numeric per-round key that no registered section shows."""
-    known = {"round"}.union(*(s.keys for s in SECTIONS))
-    keys = sorted({k for r in run.records for k in r if k not in known})
+    keys = sorted(
+        {
+            k
+            for r in run.records
+            for k in r
+            if k != "round" and not any(s.shows(k) for s in SECTIONS)
+        }
+    )
     keys = [k for k in keys if has_numbers(run.records, k)]
     if not keys:
         return None

@@ -1,14 +1,18 @@
 """The round loop: one function a newcomer can read top to bottom.
 
-Each round: (1) plan, (2) encode the broadcast once and let the clients train through the
-backend, (3) decode and validate the replies (bad ones become failures), (4) reduce, run the
-pipeline's server hooks, apply the server step and check the result is finite, (5) evaluate,
-(6) checkpoint, (7) callbacks (which may stop the run). The loop knows nothing of models,
-transports or privacy: those are the pieces it is given.
+Each round: (0) stop cleanly if a pipeline stage says so (e.g. a privacy budget) or if the
+round's bytes would exceed the communication budget, (1) plan, (2) encode the broadcast once
+and let the clients train through the backend, (3) decode and validate the replies (bad ones
+become failures), (4) reduce, run the pipeline's server hooks, apply the server step and
+check the result is finite, (5) evaluate, (6) checkpoint, (7) callbacks (which may stop the
+run). The loop knows nothing of models, transports or privacy: those are the pieces it is
+given. With secure aggregation (a MASK stage on the uplink) the steps that differ, a key
+exchange before training and unmasking instead of `reduce`, are `fedfm.server.secure`'s.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,8 +28,11 @@ from fedfm.messages import EvalTask, FitReply, FitResult, FitTask
 from fedfm.pipeline import Pipeline, encode_broadcast
 from fedfm.records import RoundRecord, mean_metrics
 from fedfm.server.replies import Validator
-from fedfm.state import State, all_finite, global_norm, to_bytes
-from fedfm.strategies.base import Strategy
+from fedfm.server.secure import round_steps
+from fedfm.state import State, all_finite, to_bytes
+from fedfm.strategies.base import Aggregate, Strategy
+
+logger = logging.getLogger(__name__)
 
 
 class Callback(Protocol):
@@ -90,6 +97,9 @@ class LoopParts:
     primary_metric: str = "accuracy"
     callbacks: list[Callback] = field(default_factory=list)
     progress: Progress = field(default_factory=SilentProgress)
+    max_bytes: int | None = None  # comm.max_bytes: cap on bytes up + down over all rounds
+    bytes_spent: int = 0  # bytes up + down of the rounds before `start_round` (resume)
+    stopped: str | None = None  # set by the loop: why it stopped before a round
 
 
 def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> State:
@@ -100,21 +110,36 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
     """
     p = parts
     tune_allocator()  # see fedfm.memory: RSS would creep up round after round
-    validator = Validator(p.uplink, p.strategy.reply_extras, p.max_num_examples)
+    steps = round_steps(p.uplink, p.strategy, p.backend, p.seed)  # plain or secure (SecAgg+)
+    validator = Validator(p.uplink, p.strategy.reply_extras, p.max_num_examples, steps.masked)
     if start_round == 0 and p.evaluate_initial:
         _initial_record(p, global_state)
+    spent, p.stopped = p.bytes_spent, None
     for server_round in range(start_round + 1, p.num_rounds + 1):
         t_round = time.perf_counter()
+        # 0. Budgets: a stage (e.g. a privacy accountant) may stop the run before a round.
+        p.stopped = p.uplink.stop_reason(server_round) or p.downlink.stop_reason(server_round)
+        if p.stopped is not None:
+            break
+
         # 1. Plan: who trains this round, with which settings.
         rng = np.random.default_rng([p.seed, server_round, 0x5A3D])
         tasks = p.strategy.configure(server_round, p.client_ids, rng)
-        p.progress.round_started(server_round, len(tasks))
 
-        # 2. Clients train through the backend (failures come back as values).
+        # 2. Clients train through the backend (failures come back as values), unless the
+        #    round's bytes would exceed the communication budget. Under secure aggregation
+        #    only the clients that completed the key exchange train.
         t = time.perf_counter()
         broadcast = encode_broadcast(p.downlink, global_state, server_round)
         bytes_down = _downlink_bytes(tasks, len(broadcast.payload))
-        replies = p.backend.fit(broadcast, tasks, p.progress.client_done)
+        p.stopped = _over_budget(p, server_round, tasks, global_state, bytes_down, spent)
+        if p.stopped is not None:
+            break
+        p.progress.round_started(server_round, len(tasks))
+        keyed, dropped = steps.open(server_round, tasks, global_state)  # secure: key exchange
+        for reply in dropped:
+            p.progress.client_done(reply)
+        replies = [*dropped, *p.backend.fit(broadcast, keyed, p.progress.client_done)]
         seconds_fit = time.perf_counter() - t
 
         # 3. Decode and validate: bad replies become failures; results sorted by client id.
@@ -128,8 +153,9 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
                 f"failures: {failures[:3]}"
             )
 
-        # 4. Reduce -> pipeline server hooks -> apply; a failed step keeps the old state.
-        global_state, error = _server_step(p, server_round, global_state, results)
+        # 4. Reduce (secure: unmask the sum) -> pipeline server hooks -> apply; a failed
+        #    step keeps the old state.
+        global_state, error = _server_step(p, server_round, global_state, results, steps.reduce)
         seconds_aggregate = time.perf_counter() - t
 
         # 5. Evaluate: centrally, and on clients' local test splits every k rounds.
@@ -143,18 +169,22 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
             round=server_round,
             central=central,
             train_loss=_mean([r.metrics.get("train_loss") for r in results]),
-            update_norm=float(np.median([global_norm(r.update) for r in results])),
-            bytes_up=sum(r.num_bytes for r in replies if r.ok),
-            bytes_down=bytes_down,
+            update_norm=steps.update_norm(results),
+            bytes_up=sum(r.num_bytes for r in replies if r.ok) + steps.bytes_up,
+            bytes_down=_downlink_bytes(keyed, len(broadcast.payload)) + steps.bytes_down,
             num_clients=len(tasks),
             num_failures=len(failures),
             clients=[task.client_id for task in tasks],
             failures=failures,
             error=error,
-            extra=mean_metrics(
-                [r.metrics for r in results], skip=("train_loss", "steps", "num_examples")
-            ),
+            extra={
+                **mean_metrics(
+                    [r.metrics for r in results], skip=("train_loss", "steps", "num_examples")
+                ),
+                **{f"downlink/{k}": v for k, v in broadcast.metrics.items()},
+            },
         )
+        spent += record.bytes_up + record.bytes_down
         _federated_eval(p, global_state, server_round, record)
         record.seconds_fit, record.seconds_aggregate = seconds_fit, seconds_aggregate
         record.seconds_eval = time.perf_counter() - t
@@ -171,6 +201,8 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
         stop = [cb.on_round_end(record) for cb in p.callbacks]
         if any(stop):
             break
+    if p.stopped is not None:
+        logger.warning(p.stopped)
     return global_state
 
 
@@ -187,12 +219,16 @@ def _initial_record(p: LoopParts, global_state: State) -> None:
 
 
 def _server_step(
-    p: LoopParts, server_round: int, global_state: State, results: list[FitResult]
+    p: LoopParts,
+    server_round: int,
+    global_state: State,
+    results: list[FitResult],
+    reduce: Callable[[int, State, Sequence[FitResult]], Aggregate],
 ) -> tuple[State, str | None]:
     """Reduce, the uplink's server hooks, apply; on failure restore the strategy's state."""
     saved = p.strategy.state_dict()
     try:
-        aggregate = p.strategy.reduce(server_round, global_state, results)
+        aggregate = reduce(server_round, global_state, results)
         aggregate = p.uplink.server_postprocess(aggregate, server_round)
         new_state = p.strategy.apply(server_round, global_state, aggregate)
         if not all_finite(new_state):
@@ -203,6 +239,43 @@ def _server_step(
         warnings.warn(message, stacklevel=2)
         return global_state, message
     return new_state, None
+
+
+def _over_budget(
+    p: LoopParts,
+    server_round: int,
+    tasks: Sequence[FitTask],
+    global_state: State,
+    bytes_down: int,
+    spent: int,
+) -> str | None:
+    """Why round `server_round` may not run under `comm.max_bytes`, or `None`.
+
+    The round's bytes are bounded before any client trains: `bytes_down` is known once the
+    broadcast is encoded, and each asked client's upload is the serialised size of its
+    update and extras in the uplink's wire layout (exact, since every stage's layout depends
+    on shapes only; a failing client only makes the bound loose).
+    """
+    if p.max_bytes is None:
+        return None
+    sizes: dict[int, int] = {}
+
+    def size(like: State) -> int:
+        if id(like) not in sizes:
+            sizes[id(like)] = p.uplink.encoded_size(like)
+        return sizes[id(like)]
+
+    extras = len(p.strategy.reply_extras)
+    up = sum(
+        size(task.state if task.state is not None else global_state) + extras * size(global_state)
+        for task in tasks
+    )
+    if spent + up + bytes_down <= p.max_bytes:
+        return None
+    return (
+        f"stopped before round {server_round}: comm.max_bytes = {p.max_bytes} would be exceeded "
+        f"({spent} B spent, the round needs up to {up} B up and {bytes_down} B down)"
+    )
 
 
 def _downlink_bytes(tasks: Sequence[FitTask], broadcast_size: int) -> int:

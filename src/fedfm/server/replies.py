@@ -5,7 +5,8 @@ Checked, in order: the client was asked this round and has not replied already; 
 no failure; `num_examples` is an integer in [1, max_num_examples]; the payload parses, has a
 wire dtype, is finite and is shaped like the state the client was sent; the extras are
 exactly the strategy's `reply_extras`, each shaped like the global state; the metrics are
-finite numbers (others are dropped).
+finite numbers (others are dropped). Under secure aggregation (`masked`) no stage can undo
+anything on a single masked payload, so it is checked against the uplink's wire layout only.
 """
 
 from __future__ import annotations
@@ -25,14 +26,21 @@ class Validator:
         uplink: the uplink pipeline (its `decode` parses and checks the bytes).
         reply_extras: the extras every reply must carry, and no others.
         max_num_examples: the largest FedAvg weight a client may claim.
+        masked: payloads are masked (secure aggregation): results hold the wire layout.
     """
 
     def __init__(
-        self, uplink: Pipeline, reply_extras: frozenset[str], max_num_examples: int
+        self,
+        uplink: Pipeline,
+        reply_extras: frozenset[str],
+        max_num_examples: int,
+        masked: bool = False,
     ) -> None:
         self.uplink = uplink
         self.reply_extras = reply_extras
         self.max_num_examples = max_num_examples
+        self.masked = masked
+        self.wire = Pipeline((), max_bytes=uplink.max_bytes)  # parse and check only
 
     def decode(
         self,
@@ -84,10 +92,12 @@ class Validator:
                 "bad_extras", f"extras {sorted(reply.extras)} differ from the expected {expected}"
             )
         like = task.state if task.state is not None else global_state
+        ctx = self.uplink.context(reply.client_id, server_round)
         try:  # any malformed payload is the client's failure, never the server's crash
-            update = self.uplink.decode(
-                reply.payload, like, self.uplink.context(reply.client_id, server_round)
-            )
+            if self.masked:
+                update = self.wire.decode(reply.payload, self.uplink.likes(like)[-1], ctx)
+            else:
+                update = self.uplink.decode(reply.payload, like, ctx)
         except Exception as exc:
             return Failure("bad_payload", str(exc))
         extras: dict[str, State] = {}
