@@ -23,6 +23,7 @@ from fedfm.errors import ConfigError
 from fedfm.models.adapters import make_trainable
 from fedfm.models.trainable import TrainableModel
 from fedfm.pipeline import Pipeline, Stage
+from fedfm.privacy.configs import build_uplink, privacy_hooks
 from fedfm.stages import build_stages
 from fedfm.state import State
 from fedfm.strategies.base import Strategy
@@ -97,11 +98,15 @@ def build(cfg: Config, *, federated: bool = True, extra_hooks: Sequence[ClientHo
     task = build_task(cfg)
     examples = task.load_examples()
     data = federate(examples, cfg.data, cfg.partition, cfg.seed)
-    hooks = [*build_hooks(cfg), *extra_hooks] if federated else []
+    private = privacy_hooks(cfg, cfg.privacy)  # after the strategy's: sees what they froze
+    hooks = [*build_hooks(cfg), *private, *extra_hooks] if federated else []
     model = build_model(cfg, task, examples, hooks)
     poison, train_examples = _attack_harness(cfg, data) if federated else (None, examples)
     uplink = Pipeline(
-        [*([poison] if poison else []), *build_stages(cfg.pipeline.uplink)],
+        [
+            *([poison] if poison else []),
+            *build_uplink(cfg.pipeline.uplink, cfg, cfg.privacy, len(data.clients)),
+        ],
         seed=cfg.seed,
         where="pipeline.uplink",
     )
@@ -121,7 +126,12 @@ def build(cfg: Config, *, federated: bool = True, extra_hooks: Sequence[ClientHo
         cfg.seed,
         cfg.eval.batch_size,
     )
-    strategy = build_strategy(cfg.strategy, len(data.clients))
+    strategy = build_strategy(
+        cfg.strategy,
+        len(data.clients),
+        poisson=cfg.privacy.sampling == "poisson",
+        uniform=cfg.privacy.weighting == "uniform",
+    )
     return Built(
         cfg, task, data, model, runtime, strategy, uplink, downlink, store, model.get_state()
     )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from fedfm.configbase import Section
 from fedfm.errors import ConfigError
+from fedfm.privacy.configs import PrivacyConfig, check_privacy
 from fedfm.stages import STAGES, StageField, check_pipeline, check_secure_aggregation
 from fedfm.strategies.configs import DEFAULT_STRATEGY, STRATEGY_CONFIGS, StrategyField
 from fedfm.tasks.configs import TASKS, TaskField, TextClassificationConfig
@@ -140,6 +141,7 @@ class Config(_Section):
     strategy: StrategyField = Field(default_factory=lambda: STRATEGY_CONFIGS[DEFAULT_STRATEGY]())
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     comm: CommConfig = Field(default_factory=CommConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -149,6 +151,7 @@ class Config(_Section):
     def _cross_checks(self) -> Config:
         self.strategy.check(self)
         self.pipeline.check()
+        check_privacy(self, self.privacy)
         check_secure_aggregation(self)
         return self
 

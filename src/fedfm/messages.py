@@ -54,11 +54,13 @@ class TrainOverrides:
         lr: local learning rate.
         epochs: local epochs.
         max_steps: cap on local optimiser steps.
+        clip_norm: this round's update clipping bound (adaptive clipping moves it).
     """
 
     lr: float | None = None
     epochs: int | None = None
     max_steps: int | None = None
+    clip_norm: float | None = None
 
 
 @dataclass(frozen=True)

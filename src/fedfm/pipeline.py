@@ -35,6 +35,7 @@ from fedfm.state import DEFAULT_MAX_BYTES, State, from_bytes, shaped_like, to_by
 
 if TYPE_CHECKING:
     from fedfm.client.state import ClientStateStore
+    from fedfm.messages import FitTask
     from fedfm.strategies.base import Aggregate
 
 
@@ -51,6 +52,7 @@ class StageContext:
             `None` on the server.
         num_examples: the client's training examples, the weight its reply carries (0 on
             the server, or where unknown).
+        clip_norm: this round's clipping bound from the task (adaptive clipping).
     """
 
     client_id: int
@@ -59,6 +61,7 @@ class StageContext:
     stream: str = "update"
     store: ClientStateStore | None = None
     num_examples: int = 0
+    clip_norm: float | None = None
 
 
 class Stage(Protocol):
@@ -88,6 +91,15 @@ class Stage(Protocol):
     def stop_reason(self, server_round: int) -> str | None:
         """Server side, before a round: a one-line reason to stop the run (logged and kept
         in `summary.json` as it is, e.g. "stopped before round 7: ..."), or `None`."""
+        ...
+
+    def configure_tasks(self, tasks: Sequence[FitTask], server_round: int) -> list[FitTask]:
+        """Server side, before a round: add per-round settings to the tasks (e.g. adaptive
+        clipping's bound, in `overrides.clip_norm`)."""
+        ...
+
+    def server_metrics(self) -> dict[str, float]:
+        """Server side, after a round: numbers for the round's record (e.g. ε)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -170,6 +182,15 @@ class StageBase:
         del server_round
         return None
 
+    def configure_tasks(self, tasks: Sequence[FitTask], server_round: int) -> list[FitTask]:
+        """No per-round settings."""
+        del server_round
+        return list(tasks)
+
+    def server_metrics(self) -> dict[str, float]:
+        """No server-side numbers."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """No server-side state."""
         return {}
@@ -226,9 +247,27 @@ class Pipeline:
         stream: str = "update",
         store: ClientStateStore | None = None,
         num_examples: int = 0,
+        clip_norm: float | None = None,
     ) -> StageContext:
         """The context stages see for this client, round and stream."""
-        return StageContext(client_id, server_round, self.seed, stream, store, num_examples)
+        return StageContext(
+            client_id, server_round, self.seed, stream, store, num_examples, clip_norm=clip_norm
+        )
+
+    def configure_tasks(self, tasks: Sequence[FitTask], server_round: int) -> list[FitTask]:
+        """Every stage's per-round settings added to the tasks, in pipeline order."""
+        out = list(tasks)
+        for stage in self.stages:
+            out = stage.configure_tasks(out, server_round)
+        return out
+
+    def server_metrics(self) -> dict[str, float]:
+        """The stages' server-side numbers of the last round, `<stage>/<name>`."""
+        return {
+            f"{stage.name}/{k}": v
+            for stage in self.stages
+            for k, v in stage.server_metrics().items()
+        }
 
     def encode(self, update: State, ctx: StageContext) -> tuple[bytes, dict[str, float]]:
         """Client side: run every stage, then serialise; metrics are `<stage>/<name>`."""

@@ -10,40 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from enum import IntEnum
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from fedfm.configbase import Section, by_name, tagged_union
+from fedfm.configbase import Role, StageConfigBase, StageKind, by_name, tagged_union
+from fedfm.privacy.configs import PRIVATE_STAGES
 
 if TYPE_CHECKING:
     from fedfm.config import Config
     from fedfm.pipeline import Stage
 
-Role = Literal["quantiser", "sparsifier"] | None
 MIN_BLOCK_SIZE = 8  # a 4-byte scale per fewer values costs more than it saves
-
-
-class StageKind(IntEnum):
-    """Where a stage may sit: kinds never decrease along a pipeline."""
-
-    POISON = 0  # simulation-only attacks: what a malicious client would send
-    CLIP = 1
-    NOISE = 2
-    COMPRESS = 3
-    MASK = 4
-
-
-class StageConfigBase(Section):
-    """A stage's settings; `build` makes the stage. `kind` and `role` drive the checks."""
-
-    kind: ClassVar[StageKind] = StageKind.COMPRESS
-    role: ClassVar[Role] = None
-
-    def build(self) -> Stage:
-        """The stage."""
-        raise NotImplementedError
 
 
 class ClipConfig(StageConfigBase):
@@ -199,6 +177,7 @@ STAGES: dict[str, type[StageConfigBase]] = by_name(
         TopKConfig,
         RandKConfig,
         SecAggConfig,
+        *PRIVATE_STAGES,
     ]
 )
 

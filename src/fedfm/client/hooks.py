@@ -35,6 +35,7 @@ class FitContext:
         model_start: what is loaded into the model before training (hooks may pad it).
         store: this process's client state store (per-client persistent State).
         lr: the local learning rate in force.
+        num_examples: the client's local training examples (DP-SGD's sampling rate).
         loss_terms: added to the task's loss at every step.
         grad_hooks: run on the gradients before every optimiser step.
         end: after training, the new trainable state (hooks may cut it back to `start`'s
@@ -49,6 +50,7 @@ class FitContext:
     model_start: State
     store: ClientStateStore
     lr: float
+    num_examples: int = 0
     loss_terms: list[LossTerm] = field(default_factory=list)
     grad_hooks: list[GradHook] = field(default_factory=list)
     end: State = field(default_factory=dict)

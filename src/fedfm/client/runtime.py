@@ -92,7 +92,7 @@ class ClientRuntime:
         # 1. Start: the client's own state or the broadcast; hooks set up the fit.
         start = task.state if task.state is not None else broadcast
         lr = task.overrides.lr if task.overrides.lr is not None else cfg.lr
-        ctx = FitContext(task, start, start, self.store, lr)
+        ctx = FitContext(task, start, start, self.store, lr, num_examples=len(shard.train))
         for hook in self.hooks:
             hook.before_train(ctx)
 
@@ -123,13 +123,22 @@ class ClientRuntime:
         update = subtract(ctx.end, start)
 
         # 4. Encode the update and the extras through the uplink pipeline.
+        bound = task.overrides.clip_norm  # adaptive clipping's bound this round
         on_wire = self.uplink.context(
-            task.client_id, task.server_round, "update", self.store, len(shard.train)
+            task.client_id,
+            task.server_round,
+            "update",
+            self.store,
+            len(shard.train),
+            clip_norm=bound,
         )
         payload, stage_metrics = self.uplink.encode(update, on_wire)
         extras = {
             name: self.uplink.encode(
-                value, self.uplink.context(task.client_id, task.server_round, name, self.store)
+                value,
+                self.uplink.context(
+                    task.client_id, task.server_round, name, self.store, clip_norm=bound
+                ),
             )[0]
             for name, value in ctx.extras.items()
         }

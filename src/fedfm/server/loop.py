@@ -125,6 +125,7 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
         # 1. Plan: who trains this round, with which settings.
         rng = np.random.default_rng([p.seed, server_round, 0x5A3D])
         tasks = p.strategy.configure(server_round, p.client_ids, rng)
+        tasks = p.uplink.configure_tasks(tasks, server_round)  # e.g. adaptive clip bound
 
         # 2. Clients train through the backend (failures come back as values), unless the
         #    round's bytes would exceed the communication budget. Under secure aggregation
@@ -182,6 +183,7 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
                     [r.metrics for r in results], skip=("train_loss", "steps", "num_examples")
                 ),
                 **{f"downlink/{k}": v for k, v in broadcast.metrics.items()},
+                **p.uplink.server_metrics(),  # e.g. noise/epsilon, adaptive-clip/clip_norm
             },
         )
         spent += record.bytes_up + record.bytes_down

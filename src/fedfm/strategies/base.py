@@ -12,6 +12,7 @@ variates) is exposed through `state_dict` / `load_state_dict` for checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,10 +131,15 @@ def aggregate(
 class ClientSampler:
     """Samples clients uniformly without replacement: a count or a fraction, with a minimum.
 
+    With `poisson=True` each client is instead included independently with probability
+    q = (that count) / (available clients), the sampling that client-level DP accounting with
+    `PoissonSampledDpEvent` assumes; the cohort size then varies, and may be zero.
+
     Args:
         clients_per_round: how many clients per round (wins over `fraction` when both set).
         fraction: share of the available clients per round (rounded up).
         min_clients: the fewest clients a round may run with.
+        poisson: Poisson sampling with the expected count above.
     """
 
     def __init__(
@@ -141,12 +147,14 @@ class ClientSampler:
         clients_per_round: int | None = None,
         fraction: float | None = None,
         min_clients: int = 1,
+        poisson: bool = False,
     ) -> None:
         if clients_per_round is None and fraction is None:
             raise ValueError("set clients_per_round or fraction")
         self.clients_per_round = clients_per_round
         self.fraction = fraction
         self.min_clients = min_clients
+        self.poisson = poisson
 
     def num_to_sample(self, num_available: int) -> int:
         """How many clients a round samples from `num_available`."""
@@ -166,6 +174,9 @@ class ClientSampler:
     def sample(self, available: Sequence[int], rng: np.random.Generator) -> list[int]:
         """Draw this round's clients, sorted by id."""
         n = self.num_to_sample(len(available))
+        if self.poisson:
+            keep = rng.random(len(available)) < n / len(available)
+            return sorted(int(c) for c, k in zip(available, keep, strict=True) if k)
         picked = rng.choice(np.asarray(available), size=n, replace=False)
         return sorted(int(c) for c in picked)
 
@@ -213,3 +224,50 @@ class StrategyBase:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Stateless by default."""
         del state
+
+
+class UniformWeights:
+    """Run `inner` as if every client had one example: each update weighs the same.
+
+    Client-level DP (McMahan et al. 2018) bounds each client's influence on the mean to C/n;
+    example weights would let a client with many examples move it further, so private runs
+    weigh clients uniformly. Everything but the weights belongs to `inner`.
+
+    Args:
+        inner: any strategy.
+    """
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.reduction: Reduction = inner.reduction
+        self.reply_extras = inner.reply_extras
+
+    def initialize(self, global_state: State) -> State:
+        """Delegate to `inner`."""
+        return self.inner.initialize(global_state)
+
+    def configure(
+        self, server_round: int, available: Sequence[int], rng: np.random.Generator
+    ) -> list[FitTask]:
+        """Delegate to `inner`."""
+        return self.inner.configure(server_round, available, rng)
+
+    def reduce(
+        self, server_round: int, global_state: State, results: Sequence[FitResult]
+    ) -> Aggregate:
+        """`inner`'s reduce of the results with `num_examples` = 1 each."""
+        ones = [dataclasses.replace(r, num_examples=1) for r in results]
+        return self.inner.reduce(server_round, global_state, ones)
+
+    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
+        """Delegate to `inner`."""
+        return self.inner.apply(server_round, global_state, aggregate)
+
+    def state_dict(self) -> dict[str, Any]:
+        """`inner`'s state."""
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `inner`'s state."""
+        self.inner.load_state_dict(state)

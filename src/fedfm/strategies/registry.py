@@ -15,7 +15,7 @@ from fedfm.client.hooks import ClientHook
 from fedfm.config import Config
 from fedfm.errors import ConfigError
 from fedfm.strategies import configs as cfgs
-from fedfm.strategies.base import ClientSampler, Strategy
+from fedfm.strategies.base import ClientSampler, Strategy, UniformWeights
 from fedfm.strategies.configs import STRATEGY_CONFIGS, StrategyConfigBase
 from fedfm.strategies.fedavg import FedAvg
 from fedfm.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
@@ -117,10 +117,14 @@ def _entry(name: str) -> Entry:
     return STRATEGIES[name]
 
 
-def build_strategy(cfg: StrategyConfigBase, num_clients: int) -> Strategy:
+def build_strategy(
+    cfg: StrategyConfigBase, num_clients: int, *, poisson: bool = False, uniform: bool = False
+) -> Strategy:
     """Build the configured strategy (server half) with its client sampler.
 
-    `strategy.norm_bound` wraps any strategy in a server-side norm bound.
+    `strategy.norm_bound` wraps any strategy in a server-side norm bound; `poisson` samples
+    clients independently (`privacy.sampling`); `uniform` weighs every client the same
+    (`privacy.weighting`).
 
     Raises:
         ConfigError: unknown name (listing the valid ones) or invalid parameters, including
@@ -128,11 +132,13 @@ def build_strategy(cfg: StrategyConfigBase, num_clients: int) -> Strategy:
     """
     name = type(cfg).model_fields["name"].default
     entry = _entry(name)
-    sampler = ClientSampler(cfg.clients_per_round, cfg.fraction, cfg.min_clients)
+    sampler = ClientSampler(cfg.clients_per_round, cfg.fraction, cfg.min_clients, poisson)
     try:
         strategy = entry.build(cfg, sampler, num_clients)
         if cfg.norm_bound is not None and name != "norm-bound":
             strategy = NormBound(strategy, cfg.norm_bound)
+        if uniform:
+            strategy = UniformWeights(strategy)
     except ValueError as exc:
         raise ConfigError(f"strategy: {exc}") from exc
     return strategy
