@@ -299,3 +299,23 @@ def test_resume_checks_shapes_and_dtypes_not_only_names(tiny_cfg, tmp_path):
     save_checkpoint(tmp_path, 1, {**ckpt.sections, "global": bad}, ckpt.meta)
     with pytest.raises(CheckpointError, match="float64"):
         run(stored_config(tmp_path), tmp_path, resume=True)
+
+
+def test_a_checkpoint_older_than_a_config_section_resumes_with_its_defaults(tiny_cfg, tmp_path):
+    import json
+
+    from fedfm.checkpoint import JSON_NAME
+    from fedfm.errors import CheckpointError
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg, tmp_path, callbacks=[StopAfter(1)])
+    # Prepare: the checkpoint of a fedfm without the `privacy` and `comm` sections
+    path = tmp_path / JSON_NAME
+    doc = json.loads(path.read_text())
+    for key in ("privacy", "comm"):
+        del doc["meta"]["config"][key]
+    path.write_text(json.dumps(doc))
+    # Execute / Assert: the defaults stand in for them; a non-default value is still refused
+    run(stored_config(tmp_path, ["rounds=2"]), tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="privacy"):
+        run(stored_config(tmp_path, ["privacy.delta=1e-6"]), tmp_path, resume=True)

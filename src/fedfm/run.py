@@ -170,6 +170,9 @@ def check_resumable(cfg: Config, meta: dict[str, Any]) -> None:
             f"this config has seed {cfg.seed}"
         )
     now = cfg.model_dump()
+    # a section added to fedfm after the checkpoint was written held its defaults then
+    defaults = {k: v for k, v in Config().model_dump().items() if k not in stored}
+    stored = {**defaults, **stored}
     for key in sorted(set(stored) | set(now)):
         if key in RESUMABLE_KEYS or stored.get(key) == now.get(key):
             continue
