@@ -14,7 +14,7 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py
 
 def test_the_list_of_benchmarks_is_complete():
     expected = {"overhead.py", "first_round.py", "strategies.py", "robust.py", "memory.py"}
-    expected |= {"compression.py"}
+    expected |= {"compression.py", "privacy.py"}
     assert expected <= set(SCRIPTS)
 
 

@@ -19,6 +19,7 @@ from fedfm.client.runtime import ClientRuntime
 from fedfm.client.state import ClientStateStore, InMemoryStore
 from fedfm.config import Config
 from fedfm.data.federated import FederatedData, federate
+from fedfm.distill import server_reserve
 from fedfm.errors import ConfigError
 from fedfm.models.adapters import make_trainable
 from fedfm.models.trainable import TrainableModel
@@ -27,6 +28,7 @@ from fedfm.privacy.configs import build_uplink, privacy_hooks
 from fedfm.stages import build_stages
 from fedfm.state import State
 from fedfm.strategies.base import Strategy
+from fedfm.strategies.configs import FedDFConfig
 from fedfm.strategies.registry import build_hooks, build_strategy
 from fedfm.tasks.base import Examples, Task
 from fedfm.tasks.registry import build_task
@@ -97,7 +99,7 @@ def build(cfg: Config, *, federated: bool = True, extra_hooks: Sequence[ClientHo
     """
     task = build_task(cfg)
     examples = task.load_examples()
-    data = federate(examples, cfg.data, cfg.partition, cfg.seed)
+    data = federate(examples, cfg.data, cfg.partition, cfg.seed, server_reserve(cfg))
     private = privacy_hooks(cfg, cfg.privacy)  # after the strategy's: sees what they froze
     hooks = [*build_hooks(cfg), *private, *extra_hooks] if federated else []
     model = build_model(cfg, task, examples, hooks)
@@ -132,9 +134,37 @@ def build(cfg: Config, *, federated: bool = True, extra_hooks: Sequence[ClientHo
         poisson=cfg.privacy.sampling == "poisson",
         uniform=cfg.privacy.weighting == "uniform",
     )
-    return Built(
-        cfg, task, data, model, runtime, strategy, uplink, downlink, store, model.get_state()
+    initial_state = model.get_state()
+    if isinstance(cfg.strategy, FedDFConfig):  # its server step needs the model and server set
+        _bind_feddf(cfg, cfg.strategy, task, model, data, strategy)
+    return Built(cfg, task, data, model, runtime, strategy, uplink, downlink, store, initial_state)
+
+
+def _bind_feddf(
+    cfg: Config,
+    s: FedDFConfig,
+    task: Task,
+    model: TrainableModel,
+    data: FederatedData,
+    strategy: Strategy,
+) -> None:
+    """Give FedDF its distillation step on `data.server_pool`, sharing the runtime's model
+    (the server distils between rounds, when no client trains)."""
+    from fedfm.distill import EnsembleDistiller
+    from fedfm.strategies.feddf import bind_distill
+
+    distill = EnsembleDistiller(
+        task,  # type: ignore[arg-type]  # FedDFConfig.check admits classification tasks only
+        model,
+        data.examples,
+        data.server_pool,
+        s.server_steps,
+        s.temperature,
+        s.distill_lr,
+        s.distill_batch_size,
+        cfg.seed,
     )
+    bind_distill(strategy, distill)
 
 
 def build_backend(cfg: Config, runtime: ClientRuntime) -> Backend:

@@ -1,5 +1,5 @@
 """The `fedfm` command: run, models, datasets, show-config, report, compare, export, generate,
-study."""
+distill, study."""
 
 from __future__ import annotations
 
@@ -183,6 +183,28 @@ def generate(
             chat(loaded, text, max_new_tokens, sys.stdout)
     except FedFMError as exc:
         _fail(exc)
+
+
+@app.command()
+def distill(
+    run_dir: Annotated[Path, typer.Argument(help="a finished text-classification run")],
+    student: Annotated[str, typer.Option(help="student size: tiny or bert-2layer")] = "bert-2layer",
+    out: Annotated[
+        Path | None, typer.Option(help="folder to write (default RUN_DIR/distill)")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the transfer set")] = 3,
+    temperature: Annotated[float, typer.Option(min=0.01, help="softmax temperature T")] = 2.0,
+) -> None:
+    """Distil the run's global model into a small student; compare with the student alone."""
+    from fedfm.distill import distill_run
+
+    try:
+        folder = out or run_dir / "distill"
+        report = distill_run(run_dir, folder, student, epochs, temperature)
+    except FedFMError as exc:
+        _fail(exc)
+    console.print(report.table(), highlight=False)
+    console.print(f"report and student: {folder}")
 
 
 study_app = typer.Typer(no_args_is_help=True, help="FM-for-FL studies (grids of runs).")

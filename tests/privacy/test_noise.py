@@ -1,9 +1,9 @@
 """Client-level DP-FedAvg: clipping, the noise stage (central and distributed), its
-randomness, its accountant, the budget stop, adaptive clipping, and the config checks."""
+randomness, its accountant, the budget stop, adaptive clipping, weights and sampling (the
+config checks and whole runs are in test_noise_runs.py)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from fedfm.config import Config, PipelineConfig, load_config
 from fedfm.errors import ConfigError
 from fedfm.messages import FitResult, FitTask
 from fedfm.pipeline import StageContext
@@ -26,20 +25,9 @@ from fedfm.privacy.adaptive import (
     update_noise_multiplier,
 )
 from fedfm.privacy.clip import ClipNorm
-from fedfm.privacy.configs import (
-    AdaptiveClipConfig,
-    DPSGDConfig,
-    NoiseConfig,
-    PrivacyConfig,
-    PrivacyPlan,
-    build_uplink,
-    check_privacy,
-)
 from fedfm.privacy.noise import GaussianNoise, secure_normal
-from fedfm.stages import ClipConfig, StageConfigBase, StageKind
 from fedfm.state import global_norm
 from fedfm.strategies.base import Aggregate, ClientSampler, StrategyBase, UniformWeights
-from tests.helpers import TINY
 
 N = 200_000  # entries per empirical std check: relative error of the estimate ~ 0.2 %
 
@@ -281,196 +269,3 @@ def test_poisson_sampling_includes_each_client_with_probability_q():
     assert sampler.sample(range(50), np.random.default_rng(1)) == sampler.sample(
         range(50), np.random.default_rng(1)
     )
-
-
-# --- config checks and building --------------------------------------------------------
-
-
-class _SecAggEntry(StageConfigBase):
-    """Stands for the secure-aggregation stage entry (kind mask) in these checks."""
-
-    name: str = "secagg"
-    kind = StageKind.MASK
-
-
-def _cfg(*uplink, strategy="fedavg", downlink=()):
-    cfg = load_config(None, [*TINY, f"strategy.name={strategy}"])
-    pipe = PipelineConfig.model_construct(uplink=list(uplink), downlink=list(downlink))
-    return cfg.model_copy(update={"pipeline": pipe})
-
-
-UNIFORM = PrivacyConfig(weighting="uniform")
-
-
-@pytest.mark.parametrize(
-    ("uplink", "privacy", "strategy", "message"),
-    [
-        ([NoiseConfig(noise_multiplier=1.0)], UNIFORM, "fedavg", "needs a 'clip' or"),
-        ([ClipConfig(), NoiseConfig(noise_multiplier=1.0)], PrivacyConfig(), "fedavg", "uniform"),
-        ([ClipConfig(), NoiseConfig()], UNIFORM, "fedavg", "set noise_multiplier or privacy"),
-        ([ClipConfig()], PrivacyConfig(target_epsilon=3.0), "fedavg", "needs a 'noise' stage"),
-        ([ClipConfig(), NoiseConfig(noise_multiplier=1.0)], UNIFORM, "median", "'sum'"),
-        (
-            [AdaptiveClipConfig(), NoiseConfig(noise_multiplier=1.0, mode="distributed")],
-            UNIFORM,
-            "fedavg",
-            "central noise only",
-        ),
-        (
-            [AdaptiveClipConfig(), NoiseConfig(noise_multiplier=1.0)],
-            UNIFORM,
-            "fedavg",
-            "count_noise_multiplier",  # n = 3 clients: sigma_b = 3/20 <= z/2
-        ),
-        ([AdaptiveClipConfig(count_noise_multiplier=5.0)], UNIFORM, "scaffold", "extras"),
-        ([ClipConfig()], PrivacyConfig(accountant="pld"), "fedavg", "privacy.sampling='poisson'"),
-        ([], PrivacyConfig(dpsgd=DPSGDConfig()), "fedavg", "adapter.method='prompt'"),
-    ],
-)
-def test_unsafe_privacy_setups_are_refused_in_one_line(uplink, privacy, strategy, message):
-    cfg = _cfg(*uplink, strategy=strategy)
-    if privacy.dpsgd is not None:
-        cfg = cfg.model_copy(
-            update={"adapter": cfg.adapter.model_copy(update={"method": "prompt"})}
-        )
-    with pytest.raises(ConfigError, match=message) as err:
-        check_privacy(cfg, privacy)
-    assert "\n" not in str(err.value)
-
-
-def test_out_of_range_budget_values_name_the_field():
-    with pytest.raises(ValueError, match="target_epsilon"):
-        PrivacyConfig(target_epsilon=0.0)
-    with pytest.raises(ValueError, match="delta"):
-        PrivacyConfig(delta=1.0)
-    with pytest.raises(ConfigError, match=r"belongs in pipeline\.uplink"):
-        check_privacy(_cfg(downlink=[NoiseConfig(noise_multiplier=1.0)]), UNIFORM)
-
-
-def test_adaptive_clipping_is_refused_with_secure_aggregation():
-    cfg = _cfg(AdaptiveClipConfig(count_noise_multiplier=5.0), _SecAggEntry())
-    with pytest.raises(ConfigError, match="central noise only"):
-        check_privacy(cfg, UNIFORM)
-
-
-def test_scaffold_extras_are_clipped_noised_and_accounted_as_a_second_stream():
-    cfg = _cfg(ClipConfig(clip_norm=0.5), NoiseConfig(noise_multiplier=1.0), strategy="scaffold")
-    check_privacy(cfg, UNIFORM)
-    stages = build_uplink(cfg.pipeline.uplink, cfg, UNIFORM, 6)
-    noise = stages[-1]
-    assert isinstance(noise, GaussianNoise) and noise.streams == 2
-    assert noise.update_noise_multiplier == pytest.approx(math.sqrt(2))
-
-
-def test_build_uplink_calibrates_sigma_for_the_planned_rounds():
-    # Prepare: 3 of 6 clients per round, 3 rounds, target epsilon 5
-    privacy = PrivacyConfig(weighting="uniform", target_epsilon=5.0, sampling="poisson")
-    cfg = _cfg(AdaptiveClipConfig(count_noise_multiplier=10.0), NoiseConfig())
-    check_privacy(cfg, privacy)
-    # Execute
-    clip, noise = build_uplink(cfg.pipeline.uplink, cfg, privacy, 6)
-    # Assert
-    plan = PrivacyPlan.of(cfg, privacy, 6)
-    assert plan.sample_rate == 0.5 and plan.expected_clients == 3 and not plan.secure
-    assert isinstance(noise, GaussianNoise) and noise.clip is clip
-    eps = noise.accountant.epsilon_after(noise.noise_multiplier, 0.5, 1e-5, cfg.rounds)
-    assert eps <= 5.0 and noise.stop_reason(1) is None
-    with pytest.raises(ConfigError, match="build_uplink"):
-        NoiseConfig().build()
-
-
-def test_a_run_stops_cleanly_before_the_budget_is_exceeded(tmp_path):
-    # Prepare: the digits job, clip + central noise, a budget that two rounds fit
-    from fedfm.backends.inprocess import InProcessBackend
-    from fedfm.build import build
-    from fedfm.pipeline import Pipeline
-    from fedfm.run import loop_parts
-    from fedfm.server.loop import run_rounds
-    from tests.helpers import toy_config
-
-    probe = Accountant("rdp", "fixed", 4)
-    probe.step(2.0, 0.5, 2)
-    privacy = PrivacyConfig(weighting="uniform", target_epsilon=probe.epsilon(1e-5) * 1.01)
-    cfg = toy_config("rounds=5", "eval.initial=false")
-    stages = [ClipConfig(clip_norm=1.0), NoiseConfig(noise_multiplier=2.0)]
-    built = build(cfg)
-    built.uplink = built.runtime.uplink = Pipeline(build_uplink(stages, cfg, privacy, 4))
-    built.strategy = UniformWeights(built.strategy)
-    # Execute
-    with InProcessBackend(built.runtime) as backend:
-        parts = loop_parts(built, backend, tmp_path, [], None)
-        run_rounds(parts, built.initial_state)
-    # Assert
-    noise = built.uplink.stages[-1]
-    assert isinstance(noise, GaussianNoise) and len(noise.accountant.ledger) == 2
-    assert parts.stopped is not None and "before round 3" in parts.stopped
-    assert noise.server_metrics()["epsilon"] <= privacy.target_epsilon
-
-
-# --- whole runs (need the wiring: the [privacy] section, stage registry, loop seams) -------
-
-wired = pytest.mark.skipif(
-    "privacy" not in Config.model_fields, reason="needs the [privacy] config section wired in"
-)
-CENTRAL = [
-    'pipeline.uplink=[{name="clip", clip_norm=1.0}, {name="noise", noise_multiplier=2.0}]',
-    "privacy.weighting=uniform",
-    "rounds=4",
-]
-
-
-@wired
-def test_a_private_run_reports_epsilon_every_round_and_resumes_identically(tmp_path):
-    # Prepare
-    from fedfm.run import run, stored_config
-    from tests.helpers import StopAfter, records, states_equal, toy_config
-
-    cfg = toy_config(*CENTRAL)
-    # Execute: one run straight through, one killed after round 2 and resumed
-    full = run(cfg, tmp_path / "full")
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "cut", callbacks=[StopAfter(2)])
-    resumed = run(stored_config(tmp_path / "cut"), tmp_path / "cut", resume=True)
-    # Assert
-    eps = [r["noise/epsilon"] for r in records(tmp_path / "full")[1:]]
-    assert len(eps) == 4 and all(a < b for a, b in itertools.pairwise(eps))
-    assert [r["noise/epsilon"] for r in records(tmp_path / "cut")[1:]] == eps
-    assert states_equal(full, resumed)
-    direct = Accountant("rdp", "fixed", 4)
-    direct.step(2.0, 0.5, 4)
-    assert eps[-1] == pytest.approx(direct.epsilon(1e-5))
-
-
-@wired
-def test_adaptive_clipping_and_dpsgd_run_end_to_end(tmp_path):
-    from fedfm.run import run
-    from tests.helpers import records, toy_config
-
-    cfg = toy_config(
-        'pipeline.uplink=[{name="adaptive-clip", clip_norm=0.01, count_noise_multiplier=2.0}, '
-        '{name="noise", noise_multiplier=1.0}]',
-        "privacy.weighting=uniform",
-        "privacy.dpsgd.noise_multiplier=1.0",
-        "rounds=3",
-    )
-    run(cfg, tmp_path)
-    rows = records(tmp_path)[1:]
-    bounds = [r["adaptive-clip/clip_norm"] for r in rows]
-    assert bounds[0] == 0.01 and bounds[-1] > bounds[0]  # every update is clipped: C grows
-    assert all(r["dpsgd/epsilon"] > 0 for r in rows) and rows[-1]["noise/epsilon"] > 0
-
-
-@wired
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (['pipeline.uplink=[{name="noise", noise_multiplier=1.0}]'], "needs a 'clip'"),
-        (["privacy.delta=2"], r"privacy\.delta: Input should be less than 1"),
-        (["privacy.target_epsilon=0"], r"privacy\.target_epsilon: Input should be greater"),
-        (CENTRAL[:1], r"needs privacy\.weighting='uniform'"),
-    ],
-)
-def test_config_errors_are_one_line(overrides, message):
-    with pytest.raises(ConfigError, match=message) as err:
-        load_config(None, [*TINY, *overrides])
-    assert "\n" not in str(err.value)

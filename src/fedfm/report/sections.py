@@ -31,6 +31,7 @@ from fedfm.report.plots import (
     save_png,
     stacked_bars_figure,
 )
+from fedfm.report.privacy import PRIVACY_PREFIXES, privacy_section
 from fedfm.stages import STAGES, StageKind
 
 RenderFn = Callable[[RunData, Path], str | None]
@@ -220,6 +221,10 @@ def compression_section(run: RunData, out_dir: Path) -> str | None:
         if r["round"] > 0
     ]
     return img + caption + hk.table(rows, ["round", "bytes up", "bytes down", *keys])
+
+
+# ε and δ per round, clip norm and clipped share, σ, noise source (the body: privacy.py).
+register_section("Privacy", prefixes=PRIVACY_PREFIXES)(privacy_section)
 
 
 @register_section("Per-client accuracy")

@@ -171,6 +171,29 @@ class FlexLoRAConfig(_RankedConfig):
     name: Literal["flexlora"] = "flexlora"
 
 
+class FedDFConfig(StrategyConfigBase):
+    """`feddf`: FedAvg, then the server distils the clients' ensemble into the global model.
+
+    The unlabelled server set is `server_examples` examples reserved from the training pool
+    (no client and no test split holds them; their labels are never read).
+    """
+
+    name: Literal["feddf"] = "feddf"
+    server_examples: int = Field(200, ge=1)
+    server_steps: int = Field(20, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    distill_lr: float = Field(1e-3, gt=0)
+    distill_batch_size: int = Field(32, ge=1)
+
+    def check(self, cfg: Config) -> None:
+        """The task must give class logits (the ensemble averages them)."""
+        if cfg.task.name not in ("text_classification", "digits", "image_classification"):
+            raise ValueError(
+                f"strategy.name='feddf' needs a classification task (task.name "
+                f"text_classification, digits or image_classification), got {cfg.task.name!r}"
+            )
+
+
 STRATEGY_CONFIGS: dict[str, type[StrategyConfigBase]] = by_name(
     [
         FedAvgConfig,
@@ -189,6 +212,7 @@ STRATEGY_CONFIGS: dict[str, type[StrategyConfigBase]] = by_name(
         FFALoRAConfig,
         HetLoRAConfig,
         FlexLoRAConfig,
+        FedDFConfig,
     ]
 )
 DEFAULT_STRATEGY = "fedavg"

@@ -18,6 +18,7 @@ from fedfm.strategies import configs as cfgs
 from fedfm.strategies.base import ClientSampler, Strategy, UniformWeights
 from fedfm.strategies.configs import STRATEGY_CONFIGS, StrategyConfigBase
 from fedfm.strategies.fedavg import FedAvg
+from fedfm.strategies.feddf import FedDF
 from fedfm.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedfm.strategies.fedprox import FedProx, ProximalTerm
 from fedfm.strategies.lora import ExactLoRA, FFALoRA, FlexLoRA, FreezeA, HetLoRA, RankAdapter
@@ -107,6 +108,7 @@ _ENTRIES = (
         lambda c, s, n: FlexLoRA(s, client_ranks(c, n, 8)),
         lambda cfg: [RankAdapter()],
     ),
+    Entry(cfgs.FedDFConfig, lambda c, s, n: FedDF(s, _lr(c, 1.0))),
 )
 STRATEGIES: dict[str, Entry] = {e.name: e for e in _ENTRIES}
 
