@@ -226,12 +226,11 @@ class StrategyBase:
         del state
 
 
-class UniformWeights:
-    """Run `inner` as if every client had one example: each update weighs the same.
+class StrategyWrapper:
+    """A strategy that runs `inner` and changes one step of it (subclasses override it).
 
-    Client-level DP (McMahan et al. 2018) bounds each client's influence on the mean to C/n;
-    example weights would let a client with many examples move it further, so private runs
-    weigh clients uniformly. Everything but the weights belongs to `inner`.
+    Every method delegates to `inner`: selection, instructions, the server step and the
+    round-to-round state all belong to it.
 
     Args:
         inner: any strategy.
@@ -244,7 +243,7 @@ class UniformWeights:
         self.reply_extras = inner.reply_extras
 
     def initialize(self, global_state: State) -> State:
-        """Delegate to `inner`."""
+        """Delegate to `inner` (it may want the initial state, see lora.HetLoRA)."""
         return self.inner.initialize(global_state)
 
     def configure(
@@ -256,9 +255,8 @@ class UniformWeights:
     def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
     ) -> Aggregate:
-        """`inner`'s reduce of the results with `num_examples` = 1 each."""
-        ones = [dataclasses.replace(r, num_examples=1) for r in results]
-        return self.inner.reduce(server_round, global_state, ones)
+        """Delegate to `inner`."""
+        return self.inner.reduce(server_round, global_state, results)
 
     def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
         """Delegate to `inner`."""
@@ -271,3 +269,22 @@ class UniformWeights:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `inner`'s state."""
         self.inner.load_state_dict(state)
+
+
+class UniformWeights(StrategyWrapper):
+    """Run `inner` as if every client had one example: each update weighs the same.
+
+    Client-level DP (McMahan et al. 2018) bounds each client's influence on the mean to C/n;
+    example weights would let a client with many examples move it further, so private runs
+    weigh clients uniformly. Everything but the weights belongs to `inner`.
+
+    Args:
+        inner: any strategy.
+    """
+
+    def reduce(
+        self, server_round: int, global_state: State, results: Sequence[FitResult]
+    ) -> Aggregate:
+        """`inner`'s reduce of the results with `num_examples` = 1 each."""
+        ones = [dataclasses.replace(r, num_examples=1) for r in results]
+        return self.inner.reduce(server_round, global_state, ones)

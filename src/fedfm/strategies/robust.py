@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from fedfm.errors import AggregationError
-from fedfm.messages import FitResult, FitTask
+from fedfm.messages import FitResult
 from fedfm.state import State, clip_to_norm
-from fedfm.strategies.base import Aggregate, ClientSampler, Reduction, Strategy, StrategyBase
+from fedfm.strategies.base import (
+    Aggregate,
+    ClientSampler,
+    Reduction,
+    Strategy,
+    StrategyBase,
+    StrategyWrapper,
+)
 
 Spec = list[tuple[str, torch.Size, torch.dtype]]
 
@@ -340,7 +346,7 @@ class Krum(MultiKrum):
         super().__init__(sampler, num_byzantine=num_byzantine, num_selected=1, server_lr=server_lr)
 
 
-class NormBound:
+class NormBound(StrategyWrapper):
     """Clip each update's global L2 norm to `max_norm` on the server, then run `inner`.
 
     A defence against boosted (model-replacement) updates, Sun et al. 2019,
@@ -355,21 +361,10 @@ class NormBound:
     def __init__(self, inner: Strategy, max_norm: float) -> None:
         if max_norm <= 0:
             raise ValueError(f"norm_bound.max_norm must be > 0, got {max_norm}")
-        self.inner = inner
+        super().__init__(inner)
         self.max_norm = max_norm
         self.name = f"normbound+{inner.name}"
-        self.reduction: Reduction = "individual"
-        self.reply_extras = inner.reply_extras
-
-    def initialize(self, global_state: State) -> State:
-        """Pass the initial global state to `inner` if it wants it (see lora.HetLoRA)."""
-        return self.inner.initialize(global_state)
-
-    def configure(
-        self, server_round: int, available: Sequence[int], rng: np.random.Generator
-    ) -> list[FitTask]:
-        """Delegate to `inner`."""
-        return self.inner.configure(server_round, available, rng)
+        self.reduction = "individual"
 
     def reduce(
         self, server_round: int, global_state: State, results: Sequence[FitResult]
@@ -379,15 +374,3 @@ class NormBound:
             dataclasses.replace(r, update=clip_update(r.update, self.max_norm)) for r in results
         ]
         return self.inner.reduce(server_round, global_state, clipped)
-
-    def apply(self, server_round: int, global_state: State, aggregate: Aggregate) -> State:
-        """Delegate to `inner`."""
-        return self.inner.apply(server_round, global_state, aggregate)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Delegate to `inner` (the bound itself has no state)."""
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Delegate to `inner`."""
-        self.inner.load_state_dict(state)
