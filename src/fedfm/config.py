@@ -112,6 +112,8 @@ class EvalConfig(_Section):
     federated_every: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=1)
     personalize_steps: int = Field(0, ge=0)
+    # local-only mode: also score every client's own model on the central held-out split
+    local_only_held_out: bool = True
 
 
 class LoggingConfig(_Section):

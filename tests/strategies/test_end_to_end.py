@@ -165,6 +165,22 @@ def test_baselines_write_metrics_and_summary(mode, tmp_path):
     else:
         assert len(records[0]["client_accuracy"]) == 6
         assert 0 <= summary["local_only_std"] <= 0.5
+        held = records[0]["client_held_out_accuracy"]  # each own model on the central test
+        assert sorted(held) == sorted(records[0]["client_accuracy"])
+        assert summary["local_only_held_out_mean"] == pytest.approx(np.mean(list(held.values())))
+        assert records[0]["held_out_accuracy"] == pytest.approx(np.mean(list(held.values())))
+
+
+def test_local_only_held_out_scores_each_own_model_and_can_be_switched_off(tmp_path):
+    built = build(_cfg("mode=local-only"))
+    state0 = built.central_eval(built.initial_state)["accuracy"]
+    run(_cfg("mode=local-only"), tmp_path / "on")
+    held = _records(tmp_path / "on")[0]["client_held_out_accuracy"]
+    assert any(v != state0 for v in held.values())  # trained models, not the starting point
+    run(_cfg("mode=local-only", "eval.local_only_held_out=false"), tmp_path / "off")
+    off = _records(tmp_path / "off")[0]
+    assert "client_held_out_accuracy" not in off and "held_out_accuracy" not in off
+    assert off["client_accuracy"] == _records(tmp_path / "on")[0]["client_accuracy"]
 
 
 class Raise(HookBase):

@@ -7,7 +7,8 @@
 - `local-only`: each client trains alone from the same initial state, for the local epochs
   it would run in the federated job in expectation (rounds x epochs x sampling share, at
   least one; `client.max_steps` scaled the same way), and is evaluated on its own local
-  test split. It drives the same
+  test split and (`eval.local_only_held_out`) on the central held-out split the federated
+  model is scored on, the usual FL comparison (FedIT, OpenFedLLM). It drives the same
   `ClientRuntime` as a federated run (fit, then evaluate its own model).
 
 Both write `RoundRecord`s like a federated run (bytes are 0: nothing travels).
@@ -29,6 +30,7 @@ from fedfm.state import State, add
 from fedfm.strategies.base import ClientSampler
 
 CENTRAL_SALT = 0xCE  # the centralised baseline draws from (seed, round, salt)
+HELD_OUT = "held_out_"  # local-only: a client's own model on the central test split
 
 
 def run_centralised(built: Built, log: MetricsLog) -> State:
@@ -85,6 +87,7 @@ def run_local_only(built: Built, log: MetricsLog) -> tuple[State, dict[str, Any]
     # the same step budget as a client's expected share of the federated rounds
     steps = cfg.client.max_steps and max(1, round(cfg.rounds * cfg.client.max_steps * share))
     record = RoundRecord(round=cfg.rounds, num_clients=len(data.clients), clients=data.client_ids)
+    held_out = cfg.eval.local_only_held_out and len(data.central_test) > 0
     losses = []
     t = time.perf_counter()
     for cid in data.client_ids:
@@ -102,10 +105,16 @@ def run_local_only(built: Built, log: MetricsLog) -> tuple[State, dict[str, Any]
             for metric, value in evaluated.metrics.items():
                 record.client_metrics.setdefault(metric, {})[str(cid)] = value
             record.client_num_examples[str(cid)] = evaluated.num_examples
+        if held_out:
+            for name, value in built.central_eval(own).items():
+                if name != "num_examples":
+                    record.client_metrics.setdefault(HELD_OUT + name, {})[str(cid)] = value
     metric = built.task.primary_metric
     values = np.array(list(record.client_metrics.get(metric, {}).values()), dtype=float)
     record.num_failures = len(record.failures)
     record.central = {metric: float(np.nanmean(values)) if values.size else None, "loss": None}
+    held = held_out_means(record.client_metrics)
+    record.central.update({HELD_OUT + name: value for name, value in held.items()})
     record.train_loss = float(np.mean(losses))
     record.seconds_fit = record.seconds = time.perf_counter() - t
     log.on_round_end(record)
@@ -116,6 +125,28 @@ def run_local_only(built: Built, log: MetricsLog) -> tuple[State, dict[str, Any]
         "local_only_min": float(values.min()),
         "local_only_max": float(values.max()),
         "accuracy_is": "mean local-test accuracy of the clients' own models",
+        **_held_out_summary(record.client_metrics.get(HELD_OUT + metric, {})),
+    }
+
+
+def held_out_means(client_metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Metric -> mean over clients of their own models' central held-out values (NaN-free)."""
+    out = {}
+    for key, per_client in client_metrics.items():
+        if key.startswith(HELD_OUT) and per_client:
+            out[key.removeprefix(HELD_OUT)] = float(np.nanmean(list(per_client.values())))
+    return out
+
+
+def _held_out_summary(per_client: dict[str, float]) -> dict[str, Any]:
+    if not per_client:
+        return {}
+    values = np.array(list(per_client.values()), dtype=float)
+    return {
+        "local_only_held_out_mean": float(values.mean()),
+        "local_only_held_out_std": float(values.std()),
+        "local_only_held_out_min": float(values.min()),
+        "local_only_held_out_max": float(values.max()),
     }
 
 
