@@ -162,6 +162,9 @@ class StageBase:
 
     name = "base"
     kind = StageKind.COMPRESS
+    # True for a stage whose server hook must run every round, even with no client in it
+    # (a noise stage: the accounted mechanism releases noise when Poisson sampling is empty)
+    every_round = False
 
     def decode(self, update: State, like: Mapping[str, torch.Tensor], ctx: StageContext) -> State:
         """Nothing to undo."""
@@ -313,6 +316,11 @@ class Pipeline:
             if reason is not None:
                 return reason
         return None
+
+    @property
+    def every_round(self) -> bool:
+        """Whether a stage's server hook must run in a round with no client (noise)."""
+        return any(getattr(stage, "every_round", False) for stage in self.stages)
 
     def server_postprocess(self, aggregate: Aggregate, server_round: int) -> Aggregate:
         """Every stage's server hook on the aggregate, last stage first."""

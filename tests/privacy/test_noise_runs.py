@@ -259,3 +259,57 @@ def test_the_shipped_dp_fedavg_config_is_the_default_job_with_client_level_dp():
     plan = PrivacyPlan.of(cfg, p, default.partition.num_clients)
     assert plan.sample_rate == 0.2 and plan.expected_clients == 10 and not plan.secure
     assert cfg.eval.federated_every is None and cfg.eval.personalize_steps == 0
+
+
+def _first_empty_round(num_clients: int, per_round: int, rounds: int) -> tuple[int, int]:
+    """(seed, round) of the first Poisson round that samples nobody, with the loop's rng."""
+    import numpy as np
+
+    from fedfm.strategies.base import ClientSampler
+
+    sampler = ClientSampler(per_round, poisson=True)
+    for seed in range(100):
+        for server_round in range(1, rounds + 1):
+            rng = np.random.default_rng([seed, server_round, 0x5A3D])
+            if not sampler.sample(list(range(num_clients)), rng):
+                return seed, server_round
+    raise AssertionError("no empty round in 100 seeds")
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_a_poisson_round_that_samples_nobody_keeps_the_state_or_releases_accounted_noise(
+    dp, tmp_path
+):
+    # Prepare: q = 1/6 over 6 clients, a seed whose Poisson draw is empty in some round, and
+    # a callback keeping each round's committed global state
+    from fedfm.checkpoint import load_checkpoint
+    from fedfm.run import run
+    from tests.helpers import records
+
+    seed, empty = _first_empty_round(6, 1, 3)
+    sets = [*TINY, "strategy.name=ffa-lora", "strategy.clients_per_round=1", "rounds=3"]
+    sets += ["privacy.sampling=poisson", f"seed={seed}"]
+    if dp:
+        sets += CENTRAL[:2]
+    states = {}
+
+    class Keep:
+        def on_round_end(self, record):
+            states[record.round] = load_checkpoint(tmp_path).global_state if record.round else None
+
+    # Execute
+    run(load_config(None, sets), tmp_path, callbacks=[Keep()])
+    # Assert: the run went on past the empty round; without DP that round kept the state, with
+    # DP it released noise on B and the head only (A stays), and every round is accounted
+    rows = {r["round"]: r for r in records(tmp_path)}
+    assert rows[empty]["num_clients"] == 0 and rows[empty]["update_norm"] is None
+    assert max(rows) == 3
+    if empty > 1:
+        before, after = states[empty - 1], states[empty]
+        moved = {k for k in after if not bool((after[k] == before[k]).all())}
+        assert bool(moved) == dp
+        assert not any("lora_A" in k for k in moved)
+    if dp:
+        direct = Accountant("rdp", "poisson")
+        direct.step(2.0, 1 / 6, 3)
+        assert rows[3]["noise/epsilon"] == pytest.approx(direct.epsilon(1e-5))

@@ -142,6 +142,7 @@ class GaussianNoise(StageBase):
 
     name = "noise"
     kind = StageKind.NOISE
+    every_round = True  # Poisson sampling's empty cohorts release noise too, and are accounted
 
     def __init__(
         self,
@@ -213,7 +214,9 @@ class GaussianNoise(StageBase):
         update = self._noised(aggregate.update, m, server_round, "update")
         extras = {k: self._noised(v, m, server_round, k) for k, v in aggregate.extras.items()}
         z = self.noise_multiplier
-        if self.mode == "distributed" and m < n:  # fewer shares of the noise reached the sum
+        # distributed, an empty cohort releases a constant (no share of noise, no data): the
+        # planned z is accounted, an overcount that keeps the ledger conservative
+        if self.mode == "distributed" and 0 < m < n:  # fewer shares of the noise reached it
             z = effective_noise_multiplier(
                 self.update_noise_multiplier * math.sqrt(m / n),
                 self.count_noise_multiplier,

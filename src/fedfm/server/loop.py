@@ -12,6 +12,7 @@ exchange before training and unmasking instead of `reduce`, are `fedfm.server.se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from fedfm.backends.base import Backend
 from fedfm.errors import AggregationError, NotEnoughClientsError
@@ -140,14 +142,16 @@ def run_rounds(parts: LoopParts, global_state: State, start_round: int = 0) -> S
         keyed, dropped = steps.open(server_round, tasks, global_state)  # secure: key exchange
         for reply in dropped:
             p.progress.client_done(reply)
-        replies = [*dropped, *p.backend.fit(broadcast, keyed, p.progress.client_done)]
+        replies = list(dropped)
+        if keyed:  # Poisson sampling may draw nobody: see _server_step
+            replies += p.backend.fit(broadcast, keyed, p.progress.client_done)
         seconds_fit = time.perf_counter() - t
 
         # 3. Decode and validate: bad replies become failures; results sorted by client id.
         t = time.perf_counter()
         results, failures = validator.decode(replies, tasks, broadcast.state, server_round)
         needed = max(1, int(np.ceil(p.min_success_fraction * len(tasks))))
-        if len(results) < needed:
+        if tasks and len(results) < needed:
             raise NotEnoughClientsError(
                 f"round {server_round}: {len(results)} of {len(tasks)} clients "
                 f"succeeded, {needed} needed (strategy.min_success_fraction); "
@@ -228,9 +232,14 @@ def _server_step(
     reduce: Callable[[int, State, Sequence[FitResult]], Aggregate],
 ) -> tuple[State, str | None]:
     """Reduce, the uplink's server hooks, apply; on failure restore the strategy's state."""
+    if not results and not p.uplink.every_round:
+        return global_state, None  # nobody sampled, nothing to release: the state is kept
     saved = p.strategy.state_dict()
     try:
-        aggregate = reduce(server_round, global_state, results)
+        if results:
+            aggregate = reduce(server_round, global_state, results)
+        else:  # an empty Poisson cohort under DP: its noise is released, as it is accounted
+            aggregate = _empty_aggregate(p.strategy, server_round, global_state)
         aggregate = p.uplink.server_postprocess(aggregate, server_round)
         new_state = p.strategy.apply(server_round, global_state, aggregate)
         if not all_finite(new_state):
@@ -241,6 +250,20 @@ def _server_step(
         warnings.warn(message, stacklevel=2)
         return global_state, message
     return new_state, None
+
+
+def _empty_aggregate(strategy: Strategy, server_round: int, global_state: State) -> Aggregate:
+    """The aggregate of a round nobody was sampled in: the strategy's own reduce of one zero
+    update (so it covers exactly the keys and extras a real round releases), with no client."""
+    zeros = {k: torch.zeros_like(v) for k, v in global_state.items()}
+    nobody = FitResult(
+        client_id=-1,
+        num_examples=1,
+        update=zeros,
+        extras={name: dict(zeros) for name in strategy.reply_extras},
+    )
+    aggregate = strategy.reduce(server_round, global_state, [nobody])
+    return dataclasses.replace(aggregate, num_clients=0, total_weight=0.0, client_ids=())
 
 
 def _over_budget(

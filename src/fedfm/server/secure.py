@@ -95,7 +95,9 @@ class PlainRound:
         return self.strategy.reduce(server_round, global_state, results)
 
     def update_norm(self, results: Sequence[FitResult]) -> float | None:
-        """The median over the results."""
+        """The median over the results (`None` for a round with none)."""
+        if not results:
+            return None
         return float(np.median([global_norm(r.update) for r in results]))
 
 
