@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from fedfm.distill import STUDENTS, build_student, distill_run, kd_loss
+from fedfm.distill import distill_run, kd_loss
 from fedfm.errors import ConfigError
+from fedfm.models.students import BERT_STUDENTS, build_bert_student
 from fedfm.run import run
 
 
@@ -23,10 +24,10 @@ def bert_params(vocab, hidden, ffn, positions, classes):
     return embeddings + 2 * layer + hidden * classes + classes
 
 
-@pytest.mark.parametrize("name", sorted(STUDENTS))
+@pytest.mark.parametrize("name", sorted(BERT_STUDENTS))
 def test_student_parameter_count(name):
-    hidden, _, ffn = STUDENTS[name]
-    student = build_student(name, 1000, 3, 32, seed=0)
+    hidden, _, ffn = BERT_STUDENTS[name]
+    student = build_bert_student(name, 1000, 3, 32, seed=0)
     assert sum(p.numel() for p in student.parameters()) == bert_params(1000, hidden, ffn, 128, 3)
 
 

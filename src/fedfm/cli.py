@@ -187,8 +187,13 @@ def generate(
 
 @app.command()
 def distill(
-    run_dir: Annotated[Path, typer.Argument(help="a finished text-classification run")],
-    student: Annotated[str, typer.Option(help="student size: tiny or bert-2layer")] = "bert-2layer",
+    run_dir: Annotated[Path, typer.Argument(help="a finished text- or image-classification run")],
+    student: Annotated[
+        str | None,
+        typer.Option(
+            help="text: tiny or bert-2layer (default); images: cnn-tiny or cnn-small (default)"
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="folder to write (default RUN_DIR/distill)")
     ] = None,

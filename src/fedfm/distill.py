@@ -4,8 +4,11 @@ distilled into a small student.
 Hinton et al. 2015, https://arxiv.org/abs/1503.02531: the student matches the teacher's
 softmax at temperature T, with KL(teacher || student) scaled by T² so gradients keep their
 size as T changes. `EnsembleDistiller` is FedDF's server step (the teacher is the mean of the
-client models' logits). `distill_run` distils a finished run's global model into a 2-layer
-BERT for weak clients and compares it with the same student trained alone on labels.
+client models' logits). `distill_run` distils a finished run's global model into a small
+student for weak clients (a 2-layer BERT for text, a small CNN for images; see
+`fedfm.models.students`) and compares it with the same student trained alone on labels. Both
+tasks go through the task's own `batches`, `logits` and `evaluate`, so one training loop,
+one agreement and one timing serve both.
 
 The transfer set of `distill_run` is the run's own training pool (every client's training
 examples, the inputs only); the student-alone baseline trains on the same examples with their
@@ -20,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -30,12 +33,11 @@ from fedfm.state import State
 
 if TYPE_CHECKING:
     from fedfm.config import Config
+    from fedfm.data.datasets import TextDataset
+    from fedfm.data.images import ImageExamples
     from fedfm.models.trainable import TrainableModel
     from fedfm.tasks.base import Batch, Examples
     from fedfm.tasks.classify import Classifier
-
-# (hidden size, attention heads, feed-forward size) of each 2-layer BERT student
-STUDENTS: dict[str, tuple[int, int, int]] = {"tiny": (32, 2, 64), "bert-2layer": (128, 2, 512)}
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -146,32 +148,6 @@ class EnsembleDistiller:
         return self.model.get_state()
 
 
-def build_student(name: str, vocab_size: int, num_labels: int, max_length: int, seed: int) -> Any:
-    """A randomly initialised 2-layer BERT with mean pooling (the teacher's vocabulary).
-
-    Raises:
-        ConfigError: unknown student name.
-    """
-    if name not in STUDENTS:
-        raise ConfigError(f"--student: {name!r} is not one of {', '.join(STUDENTS)}")
-    from transformers import BertConfig
-
-    from fedfm.models.classifier import MeanPoolClassifier
-
-    hidden, heads, ffn = STUDENTS[name]
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        intermediate_size=ffn,
-        max_position_embeddings=max(128, max_length),
-    )
-    config.num_labels = num_labels
-    torch.manual_seed(seed)
-    return MeanPoolClassifier(config)
-
-
 def train_student(
     task: Classifier,
     student: torch.nn.Module,
@@ -183,13 +159,18 @@ def train_student(
     seed: int,
     teacher: torch.nn.Module | None = None,
     temperature: float = 1.0,
-) -> list[float]:
+) -> tuple[list[float], int]:
     """Train `student` on `indices`: KD from `teacher` (labels unused), or cross-entropy on
     labels when `teacher` is None. Batches and dropout are seeded by `seed` alone, so both
-    modes see the same batches in the same order. Returns the mean loss of each epoch."""
+    modes see the same batches in the same order.
+
+    Returns:
+        The mean loss of each epoch, and the number of optimiser steps taken.
+    """
     rng = np.random.default_rng([seed, 0x57])
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
     losses: list[float] = []
+    steps = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for _ in range(epochs):
@@ -207,9 +188,10 @@ def train_student(
                 loss.backward()
                 optimizer.step()
                 epoch.append(float(loss.detach()))
+                steps += 1
             losses.append(float(np.mean(epoch)))
     student.eval()
-    return losses
+    return losses, steps
 
 
 def agreement(
@@ -255,7 +237,8 @@ class DistillReport:
     transfer_examples: int
     test_examples: int
     epochs: int
-    steps: int
+    steps: int  # the distilled student's optimiser steps
+    alone_steps: int  # the student alone's (the same batches: equal to `steps`)
     temperature: float
     teacher_accuracy: float
     student_accuracy: float
@@ -283,19 +266,50 @@ class DistillReport:
         return "\n".join(lines)
 
 
+def fresh_student(task: Classifier, examples: Examples, name: str, seed: int) -> torch.nn.Module:
+    """The randomly initialised student `name` for `task`'s inputs and classes: a text student
+    shares the teacher's vocabulary, a CNN reads the task's image batches."""
+    from fedfm.models.students import build_bert_student, build_cnn_student
+    from fedfm.tasks.image_classification import ImageClassification
+    from fedfm.tasks.text_classification import TextClassification
+
+    if isinstance(task, TextClassification):
+        from fedfm.models.catalogue import load_tokenizer
+
+        text = cast("TextDataset", examples)
+        vocab = len(load_tokenizer(task.model))
+        student: torch.nn.Module = build_bert_student(
+            name, vocab, text.num_classes, task.max_length, seed
+        )
+        return student
+    if isinstance(task, ImageClassification):
+        return build_cnn_student(name, cast("ImageExamples", examples).num_classes, seed)
+    raise ConfigError(f"fedfm distill has no student for task {task.name!r}")
+
+
 def distill_run(
     run_dir: Path,
     out: Path,
-    student: str = "bert-2layer",
+    student: str | None = None,
     epochs: int = 3,
     temperature: float = 2.0,
     lr: float = 1e-3,
 ) -> DistillReport:
     """Distil the final global model of `run_dir` into a small student; write
-    `out/distill.json` and the student (`out/student/`, transformers' format).
+    `out/distill.json` and the student (`out/student/`, see `fedfm.models.students`).
+
+    Args:
+        run_dir: a finished text- or image-classification run.
+        out: the folder to write.
+        student: a student of the run's task (`None`: the task's default, bert-2layer for
+            text, cnn-small for images).
+        epochs: passes over the transfer set.
+        temperature: softmax temperature T of the KD loss.
+        lr: AdamW's step size (both students).
 
     Raises:
-        ConfigError: the run's task is not text classification, or a bad setting.
+        ConfigError: the run's task has no students, the student does not fit it, or a bad
+            setting.
         CheckpointError: no checkpoint in `run_dir`.
     """
     import json
@@ -303,37 +317,34 @@ def distill_run(
     from fedfm.checkpoint import atomic_write_bytes
     from fedfm.data.federated import federate
     from fedfm.export import load_run_model
-    from fedfm.models.catalogue import load_tokenizer
-    from fedfm.tasks.text_classification import TextClassification
+    from fedfm.models.students import check_student_name, save_student, student_for
+    from fedfm.run import stored_config
+    from fedfm.rundir import config_path
 
-    if student not in STUDENTS:
-        raise ConfigError(f"--student: {student!r} is not one of {', '.join(STUDENTS)}")
+    if student is not None:
+        check_student_name(student)
     if epochs < 1 or temperature <= 0 or lr <= 0:
         raise ConfigError(
             f"--epochs {epochs} / --temperature {temperature} / lr {lr}: "
             "allowed values are epochs >= 1, temperature > 0, lr > 0"
         )
+    if config_path(run_dir).exists():  # refuse a wrong student before loading the teacher
+        student_for(stored_config(run_dir).task.name, student)
     loaded = load_run_model(run_dir)
-    if not isinstance(loaded.task, TextClassification):
-        raise ConfigError(
-            f"fedfm distill needs a text-classification run (task.name='text_classification'); "
-            f"this run's task is {loaded.task.name!r}"
-        )
-    cfg, task = loaded.cfg, loaded.task
+    cfg, task = loaded.cfg, cast("Classifier", loaded.task)
+    name = student_for(task.name, student)
     examples = task.load_examples()
     data = federate(examples, cfg.data, cfg.partition, cfg.seed, server_reserve(cfg))
     pool = np.sort(np.concatenate([c.train for c in data.clients.values()]))
     test = data.central_test
-    vocab = len(load_tokenizer(task.model))
-    num_labels = len(examples.label_names)
     # two copies of one initialisation: the distilled student and the student alone
-    distilled = build_student(student, vocab, num_labels, task.max_length, cfg.seed)
-    alone = build_student(student, vocab, num_labels, task.max_length, cfg.seed)
+    distilled = fresh_student(task, examples, name, cfg.seed)
+    alone = fresh_student(task, examples, name, cfg.seed)
     bs = cfg.client.batch_size
-    kd = train_student(
+    kd, kd_steps = train_student(
         task, distilled, examples, pool, epochs, bs, lr, cfg.seed, loaded.module, temperature
     )
-    ce = train_student(task, alone, examples, pool, epochs, bs, lr, cfg.seed)
+    ce, ce_steps = train_student(task, alone, examples, pool, epochs, bs, lr, cfg.seed)
 
     def acc(module: torch.nn.Module) -> float:
         return task.evaluate(module, examples, test, cfg.eval.batch_size)["accuracy"]
@@ -343,12 +354,13 @@ def distill_run(
 
     t_teacher, t_student = seconds_per_example(task, [loaded.module, distilled], examples, test)
     report = DistillReport(
-        student=student,
+        student=name,
         transfer_set="the run's client training examples, inputs only",
         transfer_examples=len(pool),
         test_examples=len(test),
         epochs=epochs,
-        steps=epochs * sum(1 for _ in task.batches(examples, pool, bs, None)),
+        steps=kd_steps,
+        alone_steps=ce_steps,
         temperature=temperature,
         teacher_accuracy=acc(loaded.module),
         student_accuracy=acc(distilled),
@@ -363,11 +375,5 @@ def distill_run(
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "distill.json", json.dumps(asdict(report), indent=1).encode())
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one small shard: the bar is noise
-    try:
-        distilled.save_pretrained(str(out / "student"))
-    finally:
-        hf_logging.enable_progress_bar()
+    save_student(distilled, out / "student")
     return report
