@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedfm.config import Config, config_from_dict, load_config
+from fedfm.config import Config, config_from_dict, load_config, with_defaults
 from fedfm.run import run as run_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,10 @@ def run(cfg: Config, run_dir: Path) -> list[dict[str, Any]]:
     """Run (or reuse a finished run in `run_dir` with the same config) and return records."""
     done = run_dir / "summary.json"
     stored = run_dir / "config.json"
-    if done.exists() and stored.exists() and json.loads(stored.read_text()) == cfg.model_dump():
+    same = stored.exists() and with_defaults(json.loads(stored.read_text())) == cfg.model_dump(
+        mode="json"
+    )  # settings added to fedfm since the run held their defaults
+    if done.exists() and same:
         print(f"  reusing {run_dir}")
     else:
         run_job(cfg, run_dir)

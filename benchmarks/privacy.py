@@ -36,7 +36,8 @@ Usage: python benchmarks/privacy.py [--rounds 10] [--set client.max_steps=4 ...]
            [--epsilons 1,3,8] [--adapters lora,ffa-lora] [--clip-norm 1.0] [--part all]
        python benchmarks/privacy.py --quick   (configs/tiny.toml, 2 rounds, ε = 8, RDP;
                                                cohorts 5 and 10: seconds)
-Runs are kept in runs/bench-privacy/<name> (finished runs with the same config are reused).
+Runs are kept in runs/bench-privacy/<name> (`--runs` names another folder, for runs with other
+`--set`s; finished runs with the same config are reused).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def update_size(cfg: Config) -> int:
 
 def accuracy_part(args: argparse.Namespace, job: str, epsilons: list[float]) -> None:
     """Run every (adapter, ε) of part (a), check they did the same work, print the table."""
-    out = runs_dir("bench-privacy", args.quick)
+    out = runs_dir(args.runs, args.quick)
     results: dict[tuple[str, float | None], tuple[list[dict[str, Any]], list[str]]] = {}
     for adapter in args.adapters.split(","):
         for epsilon in [None, *epsilons]:
@@ -226,6 +227,7 @@ def main() -> None:
     ap.add_argument("--part", default="all", choices=["all", "accuracy", "secagg"])
     ap.add_argument("--repeats", type=int, default=3, help="secure-aggregation timings")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--runs", default="bench-privacy", help="runs/<this> keeps the runs")
     ap.add_argument("--quick", action="store_true", help="configs/tiny.toml, 2 rounds, ε = 8")
     args = ap.parse_args()
     job, epsilons = "default.toml", [float(e) for e in args.epsilons.split(",") if e]

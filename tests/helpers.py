@@ -94,3 +94,15 @@ def toy_runtime(cfg, hooks=(), uplink=None, store=None):
         store or InMemoryStore(),
         cfg.seed,
     )
+
+
+def crash_and_resume(cfg, run_dir: Path, after: int = 1):
+    """Run `cfg` into `run_dir`, crash it after round `after`, resume it from its
+    checkpoint; returns the resumed run's final state."""
+    import pytest
+
+    from fedfm.run import run, stored_config
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, run_dir, callbacks=[StopAfter(after)])
+    return run(stored_config(run_dir), run_dir, resume=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -49,6 +50,7 @@ class Built:
         downlink: the downlink pipeline (the broadcast).
         store: the client state store (checkpointed in simulation).
         initial_state: the global trainable state before round 1.
+        synthetic: what `[synth]` added (warm-up and fill-in counts), or `None`.
     """
 
     cfg: Config
@@ -61,6 +63,7 @@ class Built:
     downlink: Pipeline
     store: ClientStateStore
     initial_state: State
+    synthetic: dict[str, Any] | None = None
 
     def central_eval(self, state: State) -> dict[str, float]:
         """The task's metrics of `state` on the central test split."""
@@ -100,6 +103,12 @@ def build(cfg: Config, *, federated: bool = True, extra_hooks: Sequence[ClientHo
     task = build_task(cfg)
     examples = task.load_examples()
     data = federate(examples, cfg.data, cfg.partition, cfg.seed, server_reserve(cfg))
+    synthetic = None
+    if cfg.synth.path is not None:  # synthetic rows after the real ones; the split is unchanged
+        from fedfm.synth.use import attach_synthetic
+
+        synthetic = attach_synthetic(cfg, task, data)
+        data = synthetic.data
     private = privacy_hooks(cfg, cfg.privacy)  # after the strategy's: sees what they froze
     hooks = [*build_hooks(cfg), *private, *extra_hooks] if federated else []
     model = build_model(cfg, task, examples, hooks)
@@ -134,10 +143,24 @@ def build(cfg: Config, *, federated: bool = True, extra_hooks: Sequence[ClientHo
         poisson=cfg.privacy.sampling == "poisson",
         uniform=cfg.privacy.weighting == "uniform",
     )
+    if synthetic is not None:
+        synthetic.warm_up(cfg, task, model)  # GPT-FL: the start every mode and resume share
     initial_state = model.get_state()
     if isinstance(cfg.strategy, FedDFConfig):  # its server step needs the model and server set
         _bind_feddf(cfg, cfg.strategy, task, model, data, strategy)
-    return Built(cfg, task, data, model, runtime, strategy, uplink, downlink, store, initial_state)
+    return Built(
+        cfg,
+        task,
+        data,
+        model,
+        runtime,
+        strategy,
+        uplink,
+        downlink,
+        store,
+        initial_state,
+        synthetic.summary if synthetic is not None else None,
+    )
 
 
 def _bind_feddf(

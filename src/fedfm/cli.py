@@ -1,5 +1,5 @@
 """The `fedfm` command: run, models, datasets, show-config, report, compare, export, generate,
-distill, study."""
+distill, synth, study."""
 
 from __future__ import annotations
 
@@ -210,6 +210,36 @@ def distill(
         _fail(exc)
     console.print(report.table(), highlight=False)
     console.print(f"report and student: {folder}")
+
+
+@app.command()
+def synth(
+    config_or_run: Annotated[Path, typer.Argument(help="a TOML config or a run directory")],
+    out: Annotated[Path, typer.Option(help="directory to write the dataset and its card to")],
+    per_class: Annotated[
+        int | None, typer.Option(min=1, help="candidates generated per class (before filters)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override, e.g. --set synth.generate.temperature=0.7"),
+    ] = None,
+) -> None:
+    """Generate labelled examples with SmolLM2, filter them, write a dataset with a data card."""
+    from fedfm.config import load_config
+    from fedfm.run import stored_config
+    from fedfm.synth.make import synthesize
+
+    overrides = [*(set_ or []), *([f"synth.generate.per_class={per_class}"] if per_class else [])]
+    try:
+        if config_or_run.is_dir():
+            cfg = stored_config(config_or_run, overrides)
+        else:
+            cfg = load_config(config_or_run, overrides)
+        report = synthesize(cfg, out, console)
+    except FedFMError as exc:
+        _fail(exc)
+    console.print(report.table(), highlight=False)
+    console.print(f"examples and data card: {out}")
 
 
 study_app = typer.Typer(no_args_is_help=True, help="FM-for-FL studies (grids of runs).")

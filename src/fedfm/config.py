@@ -14,10 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from fedfm.configbase import Section
-from fedfm.errors import ConfigError
+from fedfm.errors import ConfigError, FedFMError
 from fedfm.privacy.configs import PrivacyConfig, check_privacy
 from fedfm.stages import STAGES, StageField, check_pipeline, check_secure_aggregation
 from fedfm.strategies.configs import DEFAULT_STRATEGY, STRATEGY_CONFIGS, StrategyField
+from fedfm.synth.config import SynthConfig, check_synth
 from fedfm.tasks.configs import TASKS, TaskField, TextClassificationConfig
 
 AdapterMethod = Literal["lora", "prompt", "head", "full"]
@@ -148,6 +149,7 @@ class Config(_Section):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -155,6 +157,7 @@ class Config(_Section):
         self.pipeline.check()
         check_privacy(self, self.privacy)
         check_secure_aggregation(self)
+        check_synth(self)
         return self
 
 
@@ -192,6 +195,16 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+
+
+def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a run's `config.json`, a checkpoint's) as `model_dump(mode="json")`
+    gives it today: settings added to fedfm since it was written hold their defaults, as they
+    did in effect then. Returned unchanged when it no longer validates."""
+    try:
+        return Config.model_validate(stored).model_dump(mode="json")
+    except (ValidationError, FedFMError):
+        return stored
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

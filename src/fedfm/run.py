@@ -22,7 +22,7 @@ import torch
 from fedfm.build import Built, build, build_backend
 from fedfm.checkpoint import atomic_write_bytes, load_checkpoint, remove_checkpoint, save_checkpoint
 from fedfm.client.hooks import ClientHook
-from fedfm.config import Config, apply_override, config_from_dict
+from fedfm.config import Config, apply_override, config_from_dict, with_defaults
 from fedfm.errors import CheckpointError, TransportError
 from fedfm.messages import EvalReply, EvalTask
 from fedfm.records import MetricsLog, RoundRecord
@@ -169,10 +169,8 @@ def check_resumable(cfg: Config, meta: dict[str, Any]) -> None:
             f"--resume: the checkpoint was written with seed {meta.get('seed')!r}, "
             f"this config has seed {cfg.seed}"
         )
-    now = cfg.model_dump()
-    # a section added to fedfm after the checkpoint was written held its defaults then
-    defaults = {k: v for k, v in Config().model_dump().items() if k not in stored}
-    stored = {**defaults, **stored}
+    now = cfg.model_dump(mode="json")
+    stored = with_defaults(stored)  # settings added since the checkpoint held their defaults
     for key in sorted(set(stored) | set(now)):
         if key in RESUMABLE_KEYS or stored.get(key) == now.get(key):
             continue
@@ -200,6 +198,8 @@ def _run_baseline(built: Built, log: MetricsLog, run_dir: Path) -> State:
         final, extra = run_local_only(built, log)
     metric = built.task.primary_metric
     summary = {**_final_figures(log.records(), metric), **extra, "mode": cfg.mode}
+    if built.synthetic is not None:
+        summary["synthetic"] = built.synthetic
     atomic_write_bytes(summary_path(run_dir), json.dumps(summary, indent=1).encode())
     return final
 
@@ -225,6 +225,8 @@ def _summary(
     summary = _final_figures(records, metric)
     if parts.stopped is not None:
         summary["stopped"] = parts.stopped
+    if built.synthetic is not None:  # what the warm-up and the fill-in added
+        summary["synthetic"] = built.synthetic
     steps = cfg.eval.personalize_steps
     if steps > 0:  # the personalisation baseline, and only what it needs
         t = time.perf_counter()

@@ -16,10 +16,10 @@ from fedfm.privacy.secagg.fixedpoint import FixedPoint
 from fedfm.privacy.secagg.messages import MAGIC, UnmaskRequest
 from fedfm.privacy.secagg.protocol import SecAggParams
 from fedfm.records import RoundRecord
-from fedfm.run import loop_parts, run, stored_config
+from fedfm.run import loop_parts, run
 from fedfm.server.loop import run_rounds
 from fedfm.state import to_bytes
-from tests.helpers import StopAfter, states_equal, toy_config
+from tests.helpers import crash_and_resume, states_equal, toy_config
 
 CLIP, MAX_EXAMPLES = 4.0, 128
 SECAGG = f"pipeline.uplink=[{{name='secagg', clip_range={CLIP}, max_num_examples={MAX_EXAMPLES}}}]"
@@ -141,9 +141,7 @@ def test_a_resumed_secure_run_is_bitwise_identical(tmp_path):
     full = run(cfg, tmp_path / "full")
     crashed = tmp_path / "crashed"
     # Execute
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, crashed, callbacks=[StopAfter(1)])
-    resumed = run(stored_config(crashed), crashed, resume=True)
+    resumed = crash_and_resume(cfg, crashed)
     # Assert
     assert states_equal(full, resumed)
 

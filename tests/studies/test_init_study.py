@@ -78,3 +78,23 @@ def test_a_changed_setting_is_refused_not_mixed(tmp_path):
     run_grid(tmp_path, CELLS[:1], [SETTING])
     with pytest.raises(ConfigError, match="another config"):
         run_grid(tmp_path, CELLS[:1], [SETTING], extra=["client.lr=0.5"])
+
+
+def test_a_cell_written_before_a_new_setting_existed_counts_as_done(tmp_path):
+    # Prepare: a finished cell whose config.json lacks a setting fedfm gained since
+    import json
+
+    from fedfm.studies.init import cell_status
+
+    run_grid(tmp_path, CELLS[:1], [SETTING])
+    stored = tmp_path / CELLS[0].name / "config.json"
+    doc = json.loads(stored.read_text())
+    del doc["eval"]["local_only_held_out"]
+    stored.write_text(json.dumps(doc))
+    cfg = cell_config(CELLS[0], SETTING, [])
+    # Execute / Assert: the default stands in for it; another value is still refused
+    assert cell_status(stored.parent, cfg) == "done"
+    doc["eval"]["local_only_held_out"] = False
+    stored.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="another config"):
+        cell_status(stored.parent, cfg)

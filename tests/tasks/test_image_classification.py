@@ -11,10 +11,10 @@ from fedfm.data.images import ImageExamples
 from fedfm.models.adapters import make_trainable
 from fedfm.models.trainable import TrainableModel
 from fedfm.models.vision import FrozenBatchNorm2d, build_vision_model
-from fedfm.run import run, stored_config
+from fedfm.run import run
 from fedfm.tasks.configs import ImageClassificationConfig
 from fedfm.tasks.image_classification import IMAGENET_MEAN, IMAGENET_STD, ImageClassification
-from tests.helpers import CONFIGS, StopAfter, records, states_equal
+from tests.helpers import CONFIGS, crash_and_resume, records, states_equal
 
 VISION_TOML = CONFIGS / "vision-efficientnet.toml"
 TINY_VISION = [
@@ -197,9 +197,7 @@ def test_crash_then_resume_is_bitwise_identical(tmp_path):
     full = run(cfg, tmp_path / "full")
     crashed = tmp_path / "crashed"
     # Execute
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, crashed, callbacks=[StopAfter(1)])
-    resumed = run(stored_config(crashed), crashed, resume=True)
+    resumed = crash_and_resume(cfg, crashed)
     # Assert
     assert states_equal(full, resumed)
     assert [r["round"] for r in records(crashed)] == [0, 1, 2]

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from fedfm.config import load_config
-from fedfm.run import run, stored_config
+from fedfm.run import run
 from fedfm.tasks.generation import generate
 from fedfm.tasks.instruction import IGNORE, encode_chat, response_nll
 from fedfm.tasks.registry import build_task
-from tests.helpers import StopAfter, records, states_equal
+from tests.helpers import crash_and_resume, records, states_equal
 
 TINY_LLAMA = [
     "task.name=instruction",
@@ -138,9 +138,7 @@ def test_a_federated_run_writes_a_data_card_and_resumes_bitwise(tmp_path):
     full = run(cfg, tmp_path / "full")
     crashed = tmp_path / "crashed"
     # Execute
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, crashed, callbacks=[StopAfter(1)])
-    resumed = run(stored_config(crashed), crashed, resume=True)
+    resumed = crash_and_resume(cfg, crashed)
     # Assert
     assert states_equal(full, resumed)
     rows = records(tmp_path / "full")

@@ -147,6 +147,38 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def read_texts(
+    name: str, max_examples: int | None = None, seed: int = 0
+) -> tuple[list[str], np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """The raw texts of a catalogue dataset, in the row order `load_dataset` tokenises.
+
+    Args:
+        name: a key of `DATASETS`.
+        max_examples: keep a seeded random subset of this size (for quick runs).
+        seed: seed of that subset.
+
+    Returns:
+        Texts, [n] int64 labels, [n] groups (or `None`) and the class names.
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"data.dataset: {name!r} is not one of {', '.join(DATASETS)}")
+    texts, labels, groups, label_names = DATASETS[name].read()
+    if max_examples is not None and max_examples < len(texts):
+        keep = np.sort(np.random.default_rng(seed).choice(len(texts), max_examples, replace=False))
+        texts = [texts[i] for i in keep]
+        labels = labels[keep]
+        groups = None if groups is None else groups[keep]
+    return texts, labels, groups, label_names
+
+
+def tokenize(
+    texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> list[np.ndarray]:
+    """Token ids of each text, truncated to `max_length` (how every text example is encoded)."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    return [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+
+
 def load_dataset(
     name: str,
     tokenizer: PreTrainedTokenizerBase,
@@ -166,15 +198,7 @@ def load_dataset(
     Returns:
         The tokenised dataset.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"data.dataset: {name!r} is not one of {', '.join(DATASETS)}")
-    texts, labels, groups, label_names = DATASETS[name].read()
-    if max_examples is not None and max_examples < len(texts):
-        keep = np.sort(np.random.default_rng(seed).choice(len(texts), max_examples, replace=False))
-        texts = [texts[i] for i in keep]
-        labels = labels[keep]
-        groups = None if groups is None else groups[keep]
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
-    ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+    texts, labels, groups, label_names = read_texts(name, max_examples, seed)
+    ids = tokenize(texts, tokenizer, max_length)
     pad = tokenizer.pad_token_id
     return TextDataset(ids, labels, groups, label_names, name, 0 if pad is None else int(pad))

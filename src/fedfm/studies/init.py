@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedfm.config import Config, load_config
+from fedfm.config import Config, load_config, with_defaults
 from fedfm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -138,7 +138,7 @@ def cell_status(cell_dir: Path, cfg: Config) -> str:
     """
     stored = cell_dir / "config.json"
     if stored.exists():
-        if json.loads(stored.read_text()) != json.loads(cfg.model_dump_json()):
+        if with_defaults(json.loads(stored.read_text())) != cfg.model_dump(mode="json"):
             raise ConfigError(
                 f"{cell_dir} holds a run of another config: give the study another --out, "
                 "or delete that cell to rerun it"

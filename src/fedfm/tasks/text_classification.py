@@ -19,6 +19,7 @@ from fedfm.tasks.classify import ClassifierMixin
 
 if TYPE_CHECKING:
     from fedfm.data.datasets import TextDataset
+    from fedfm.models.prototype import MeanPoolEncoder
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,24 @@ class TextClassification(ClassifierMixin):
 
         tokenizer = load_tokenizer(self.model)
         return load_dataset(self.dataset, tokenizer, self.max_length, self.max_examples, self.seed)
+
+    def encode_texts(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of further texts, encoded exactly as `load_examples` encodes its own."""
+        from fedfm.data.datasets import tokenize
+        from fedfm.models.catalogue import load_tokenizer
+
+        return tokenize(texts, load_tokenizer(self.model), self.max_length)
+
+    def text_encoder(self, batch_size: int = 64) -> MeanPoolEncoder:
+        """The task's backbone (without head or adapter) as a mean-pooled sentence encoder,
+        from the packaged weights (`pretrained=False`: random, seeded by the task's seed)."""
+        from fedfm.models.catalogue import build_model, load_tokenizer
+        from fedfm.models.prototype import MeanPoolEncoder
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            backbone = build_model(self.model, 2, self.pretrained).bert
+        return MeanPoolEncoder(backbone, load_tokenizer(self.model), self.max_length, batch_size)
 
     def build_model(self, examples: Examples) -> torch.nn.Module:
         """The catalogue model with a fresh `num_classes`-way head."""
