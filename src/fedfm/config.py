@@ -115,6 +115,9 @@ class EvalConfig(_Section):
     personalize_steps: int = Field(0, ge=0)
     # local-only mode: also score every client's own model on the central held-out split
     local_only_held_out: bool = True
+    # round 0 of a text-classification run: also the pre-trained encoder as a nearest-class-
+    # prototype classifier from this many labelled examples per class (fedfm.zero_shot)
+    zero_shot_shots: int = Field(0, ge=0)
 
 
 class LoggingConfig(_Section):
@@ -158,6 +161,11 @@ class Config(_Section):
         check_privacy(self, self.privacy)
         check_secure_aggregation(self)
         check_synth(self)
+        if self.eval.zero_shot_shots and not isinstance(self.task, TextClassificationConfig):
+            raise ConfigError(
+                f"eval.zero_shot_shots needs task.name='text_classification' (got "
+                f"{self.task.name!r}; the instruction task's round 0 is zero-shot already)"
+            )
         return self
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -106,6 +106,18 @@ def run(
     return final
 
 
+def _zero_shot(built: Built) -> Callable[[], dict[str, float]] | None:
+    """Round 0's zero-shot figures (`eval.zero_shot_shots`), computed only if round 0 runs."""
+    shots = built.cfg.eval.zero_shot_shots
+    if shots == 0:
+        return None
+    from fedfm.tasks.text_classification import TextClassification
+    from fedfm.zero_shot import prototype_zero_shot
+
+    task = cast("TextClassification", built.task)
+    return lambda: prototype_zero_shot(task, built.data, shots, built.cfg.seed)
+
+
 def loop_parts(
     built: Built,
     backend: Any,
@@ -142,6 +154,7 @@ def loop_parts(
         min_success_fraction=cfg.strategy.min_success_fraction,
         max_num_examples=cfg.strategy.max_num_examples,
         evaluate_initial=cfg.eval.initial,
+        initial_extra=_zero_shot(built),
         primary_metric=built.task.primary_metric,
         callbacks=callbacks,
         progress=progress or SilentProgress(),

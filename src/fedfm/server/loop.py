@@ -96,6 +96,7 @@ class LoopParts:
     min_success_fraction: float = 0.5
     max_num_examples: int = 10**9
     evaluate_initial: bool = True
+    initial_extra: Callable[[], dict[str, float]] | None = None  # more round-0 figures
     primary_metric: str = "accuracy"
     callbacks: list[Callback] = field(default_factory=list)
     progress: Progress = field(default_factory=SilentProgress)
@@ -217,9 +218,12 @@ def _initial_record(p: LoopParts, global_state: State) -> None:
     t = time.perf_counter()
     central: dict[str, float | None] = dict(p.central_eval(global_state))
     central.pop("num_examples", None)
+    extra = p.initial_extra() if p.initial_extra is not None else {}  # e.g. zero-shot
     trim()
     seconds = time.perf_counter() - t
-    record = RoundRecord(round=0, central=central, seconds_eval=seconds, seconds=seconds)
+    record = RoundRecord(
+        round=0, central=central, extra=extra, seconds_eval=seconds, seconds=seconds
+    )
     for cb in p.callbacks:
         cb.on_round_end(record)
 
