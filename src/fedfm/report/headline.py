@@ -41,6 +41,25 @@ def headline(records: Sequence[Record], metric: str = "accuracy") -> dict[str, f
     }
 
 
+def starting_points(records: Sequence[Record], metric: str) -> list[tuple[str, Any]]:
+    """Round 0's figures as (label, value) rows: the starting point of `metric`, and the
+    FM's zero-shot accuracy where the run logged it (`eval.zero_shot_shots`)."""
+    first = next((r for r in records if r.get("round") == 0), None)
+    if first is None:
+        return []
+    label = metric.replace("_", " ")
+    rows: list[tuple[str, Any]] = [(f"{label} at round 0 (the start)", first.get(metric))]
+    if first.get("zero_shot_accuracy") is not None:
+        shots = int(first.get("zero_shot_shots") or 0)
+        rows.append(
+            (
+                f"zero-shot accuracy (class prototypes, {shots} per class)",
+                first["zero_shot_accuracy"],
+            )
+        )
+    return rows
+
+
 def setup(config: Mapping[str, Any]) -> str:
     """One line naming a run's setup from its config: model and data, adapter, strategy,
     partition and clients per round (empty when the config is unknown)."""

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from fedfm.report import htmlkit as hk
 from fedfm.report.fairness import fairness_stats
-from fedfm.report.headline import headline, setup
+from fedfm.report.headline import headline, setup, starting_points
 from fedfm.report.metrics_io import Record, RunData, has_numbers, is_number, last_with, series
 from fedfm.report.plots import (
     Curve,
@@ -119,30 +119,12 @@ def headline_section(run: RunData, out_dir: Path) -> str:
             f"{hk.format_value(best)} (round {h['best_round']})" if best is not None else None,
         ),
         ("rounds", h["rounds"]),
-        *_starting_points(run),
+        *starting_points(run.records, run.metric),
         ("total bytes up", hk.format_bytes(h["bytes_up"])),
         ("total bytes down", hk.format_bytes(h["bytes_down"])),
         ("total wall time", hk.format_seconds(h["seconds"])),
     ]
     return hk.table(rows)
-
-
-def _starting_points(run: RunData) -> list[tuple[str, Any]]:
-    """Round 0's figures: the starting point, and the FM's zero-shot score where logged."""
-    first = next((r for r in run.records if r.get("round") == 0), None)
-    if first is None:
-        return []
-    label = run.metric.replace("_", " ")
-    rows: list[tuple[str, Any]] = [(f"{label} at round 0 (the start)", first.get(run.metric))]
-    if first.get("zero_shot_accuracy") is not None:
-        shots = int(first.get("zero_shot_shots") or 0)
-        rows.append(
-            (
-                f"zero-shot accuracy (class prototypes, {shots} per class)",
-                first["zero_shot_accuracy"],
-            )
-        )
-    return rows
 
 
 @register_section("Accuracy and loss", keys=("accuracy", "loss", "train_loss"))
