@@ -44,11 +44,18 @@ class AdapterConfig(_Section):
 
 
 class DataConfig(_Section):
-    """The held-out splits of the task's examples."""
+    """The held-out splits of the task's examples.
+
+    `server_examples` holds that many examples of the training pool back from the clients
+    (FedDF's unlabelled server set is drawn the same way): a FedAvg run with
+    `data.server_examples` equal to FedDF's `strategy.server_examples` trains on exactly the
+    clients and examples the FedDF run does.
+    """
 
     test_size: int = Field(1000, ge=10)
     client_test_fraction: float = Field(0.2, ge=0, lt=1)
     max_examples: int | None = Field(None, ge=20)
+    server_examples: int = Field(0, ge=0)
 
 
 class PartitionConfig(_Section):
@@ -161,12 +168,24 @@ class Config(_Section):
         check_privacy(self, self.privacy)
         check_secure_aggregation(self)
         check_synth(self)
+        _check_server_examples(self)
         if self.eval.zero_shot_shots and not isinstance(self.task, TextClassificationConfig):
             raise ConfigError(
                 f"eval.zero_shot_shots needs task.name='text_classification' (got "
                 f"{self.task.name!r}; the instruction task's round 0 is zero-shot already)"
             )
         return self
+
+
+def _check_server_examples(cfg: Config) -> None:
+    """FedDF's reserve is `strategy.server_examples`; `data.server_examples` may only repeat it."""
+    reserve = getattr(cfg.strategy, "server_examples", None)
+    if reserve is not None and cfg.data.server_examples not in (0, reserve):
+        raise ConfigError(
+            f"data.server_examples={cfg.data.server_examples} differs from "
+            f"strategy.server_examples={reserve}: FedDF's server set is the latter; allowed: "
+            f"0 or {reserve}"
+        )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

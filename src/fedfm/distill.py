@@ -55,12 +55,16 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 
 
 def server_reserve(cfg: Config) -> int:
-    """How many pool examples the run keeps on the server (`strategy.server_examples`)."""
+    """How many pool examples the run keeps from the clients.
+
+    FedDF's `strategy.server_examples` in a federated run, else `data.server_examples` (0 by
+    default), so a baseline can hold back the same examples and train on the same split.
+    """
     from fedfm.strategies.configs import FedDFConfig
 
     if cfg.mode == "federated" and isinstance(cfg.strategy, FedDFConfig):
         return cfg.strategy.server_examples
-    return 0
+    return cfg.data.server_examples
 
 
 class EnsembleDistiller:

@@ -50,6 +50,24 @@ def test_server_set_is_disjoint_from_clients_and_test():
     assert not server & clients and not server & set(built.data.central_test.tolist())
 
 
+def test_fedavg_with_data_server_examples_trains_on_feddfs_split():
+    feddf = build(load_config(None, FEDDF)).data
+    baseline = [o for o in FEDDF if not o.startswith("strategy.")]
+    fedavg = build(load_config(None, [*baseline, "data.server_examples=64"])).data
+    plain = build(load_config(None, baseline)).data
+    assert (fedavg.server_pool == feddf.server_pool).all()
+    for cid, client in feddf.clients.items():
+        assert (fedavg.clients[cid].train == client.train).all()
+        assert (fedavg.clients[cid].test == client.test).all()
+    assert len(plain.server_pool) == 0  # the default holds nothing back
+
+
+def test_data_server_examples_other_than_feddfs_is_refused():
+    with pytest.raises(ConfigError, match=r"data.server_examples=10 .*allowed: 0 or 64"):
+        load_config(None, [*FEDDF, "data.server_examples=10"])
+    load_config(None, [*FEDDF, "data.server_examples=64"])  # repeating it is fine
+
+
 def test_reduce_without_distill_step_fails_as_a_value():
     strategy = FedDF(ClientSampler(2))
     state = {"w": torch.zeros(2)}
