@@ -97,10 +97,22 @@ class RoundRecord:
 
 
 def clean_record(record: Json) -> Json:
-    """Replace non-finite floats by None (JSON has no NaN)."""
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
-    }
+    """Replace non-finite floats by None (JSON has no NaN), in nested objects too.
+
+    A client whose local test split holds no example of some kind scores NaN on it, and that
+    value sits one level down (`client_exact_match: {"3": nan}`).
+    """
+    return {k: _clean(v) for k, v in record.items()}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
 
 
 class MetricsLog:
@@ -120,7 +132,7 @@ class MetricsLog:
     def append(self, record: Json) -> None:
         """Append one JSON record."""
         with self.path.open("a") as fh:
-            fh.write(json.dumps(record, allow_nan=False, default=_jsonable) + "\n")
+            fh.write(json.dumps(clean_record(record), allow_nan=False, default=_jsonable) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -146,7 +158,7 @@ class MetricsLog:
         kept = [r for r in self.records() if r.get("round", math.inf) <= last_round]
         if last_record is not None and all(r["round"] != last_round for r in kept):
             kept.append(last_record)
-        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+        text = "".join(json.dumps(clean_record(r), allow_nan=False) + "\n" for r in kept)
         atomic_write_bytes(self.path, text.encode())
 
 
