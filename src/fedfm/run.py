@@ -25,7 +25,7 @@ from fedfm.client.hooks import ClientHook
 from fedfm.config import Config, apply_override, config_from_dict, with_defaults
 from fedfm.errors import CheckpointError, TransportError
 from fedfm.messages import EvalReply, EvalTask
-from fedfm.records import MetricsLog, RoundRecord
+from fedfm.records import MetricsLog, RoundRecord, clean_record
 from fedfm.rundir import TENSORBOARD, config_path, data_card_path, metrics_path, summary_path
 from fedfm.server.loop import Callback, LoopParts, Progress, SilentProgress, run_rounds
 from fedfm.state import State, shaped_like
@@ -102,7 +102,7 @@ def run(
         if tensorboard is not None:
             tensorboard.close()
     summary["seconds_rounds_this_process"] = time.perf_counter() - t
-    atomic_write_bytes(summary_path(run_dir), json.dumps(summary, indent=1).encode())
+    _write_summary(run_dir, summary)
     return final
 
 
@@ -213,7 +213,7 @@ def _run_baseline(built: Built, log: MetricsLog, run_dir: Path) -> State:
     summary = {**_final_figures(log.records(), metric), **extra, "mode": cfg.mode}
     if built.synthetic is not None:
         summary["synthetic"] = built.synthetic
-    atomic_write_bytes(summary_path(run_dir), json.dumps(summary, indent=1).encode())
+    _write_summary(run_dir, summary)
     return final
 
 
@@ -274,3 +274,9 @@ def stored_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     for item in overrides or []:
         apply_override(raw, item)
     return config_from_dict(raw)
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """`summary.json`, strict JSON (a non-finite figure is written as null)."""
+    text = json.dumps(clean_record(summary), indent=1, allow_nan=False)
+    atomic_write_bytes(summary_path(run_dir), text.encode())

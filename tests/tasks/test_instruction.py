@@ -185,3 +185,22 @@ def test_strategies_and_the_attack_harness_run_on_a_causal_lm(name, tmp_path):
     (row,) = records(tmp_path)
     assert row["num_failures"] == 0 and np.isfinite(row["perplexity"])
     assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_a_client_without_classification_examples_keeps_the_files_strict_json(tmp_path):
+    # One category per client: the hamlet client's local test has no exact-match answer (NaN)
+    split = ["task.categories=['sentiment', 'hamlet']", "partition.name=natural"]
+    split += ["partition.num_clients=2", "strategy.clients_per_round=2", "rounds=1"]
+    cfg = load_config(None, [*TINY_LLAMA, *split, "eval.federated_every=1"])
+    run(cfg, tmp_path / "fed")
+    run(load_config(None, [*TINY_LLAMA, *split, "mode=local-only"]), tmp_path / "local")
+    import json
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+
+    fed = [strict(line) for line in (tmp_path / "fed" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(v is None for v in fed[-1]["client_exact_match"].values()) == [False, True]
+    summary = strict((tmp_path / "local" / "summary.json").read_text())
+    assert isinstance(summary["local_only_mean"], float)  # the other client's score
+    assert summary["local_only_max"] == summary["local_only_min"] == summary["local_only_mean"]

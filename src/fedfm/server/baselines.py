@@ -120,10 +120,7 @@ def run_local_only(built: Built, log: MetricsLog) -> tuple[State, dict[str, Any]
     log.on_round_end(record)
     return built.initial_state, {
         "local_only_epochs": epochs,
-        "local_only_mean": float(values.mean()),
-        "local_only_std": float(values.std()),
-        "local_only_min": float(values.min()),
-        "local_only_max": float(values.max()),
+        **_spread("local_only", values),
         "accuracy_is": "mean local-test accuracy of the clients' own models",
         **_held_out_summary(record.client_metrics.get(HELD_OUT + metric, {})),
     }
@@ -141,12 +138,20 @@ def held_out_means(client_metrics: dict[str, dict[str, float]]) -> dict[str, flo
 def _held_out_summary(per_client: dict[str, float]) -> dict[str, Any]:
     if not per_client:
         return {}
-    values = np.array(list(per_client.values()), dtype=float)
+    return _spread("local_only_held_out", np.array(list(per_client.values()), dtype=float))
+
+
+def _spread(prefix: str, values: np.ndarray) -> dict[str, float | None]:
+    """Mean, std, min and max over clients, skipping a client without a value (NaN: its
+    split held no example the metric scores, e.g. no classification answer); None if none."""
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return {f"{prefix}_{k}": None for k in ("mean", "std", "min", "max")}
     return {
-        "local_only_held_out_mean": float(values.mean()),
-        "local_only_held_out_std": float(values.std()),
-        "local_only_held_out_min": float(values.min()),
-        "local_only_held_out_max": float(values.max()),
+        f"{prefix}_mean": float(values.mean()),
+        f"{prefix}_std": float(values.std()),
+        f"{prefix}_min": float(values.min()),
+        f"{prefix}_max": float(values.max()),
     }
 
 
